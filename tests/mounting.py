@@ -1,0 +1,134 @@
+"""Start and stop real zcachefs mounts for tests; never leave one behind.
+
+A `Mount` runs the daemon in the foreground in a subprocess (stderr to a log file),
+waits for the mount to appear in /proc/self/mountinfo (never stat()ing the mountpoint,
+which hangs on a stuck daemon), and on teardown unmounts with `fusermount3 -u`, then
+aborts the connection through fusectl and `fusermount3 -uz` if the daemon is stuck,
+and reaps the process.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+FUSECTL = Path("/sys/fs/fuse/connections")
+
+
+def mount_entry(mountpoint: str | os.PathLike[str]) -> tuple[str, str] | None:
+    """(major:minor, fstype) of the mount at `mountpoint`, from /proc/self/mountinfo."""
+    target = os.path.abspath(mountpoint)
+    found = None
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            sep = fields.index("-")
+            if fields[4] == target:
+                found = (fields[2], fields[sep + 1])
+    return found
+
+
+def is_fuse_mounted(mountpoint: str | os.PathLike[str]) -> bool:
+    entry = mount_entry(mountpoint)
+    return entry is not None and entry[1].startswith("fuse")
+
+
+def ensure_fusectl() -> None:
+    if FUSECTL.is_dir() and not any(FUSECTL.iterdir()):
+        subprocess.run(["mount", "-t", "fusectl", "none", str(FUSECTL)],
+                       stderr=subprocess.DEVNULL, check=False)
+
+
+def force_unmount(mountpoint: str | os.PathLike[str]) -> None:
+    """Release a stuck mount: abort its connection, then lazy-unmount."""
+    entry = mount_entry(mountpoint)
+    if entry is None or not entry[1].startswith("fuse"):
+        return
+    ensure_fusectl()
+    minor = entry[0].split(":")[1]
+    abort = FUSECTL / minor / "abort"
+    try:
+        abort.write_text("1")
+    except OSError:
+        pass
+    subprocess.run(["fusermount3", "-uz", str(mountpoint)], stderr=subprocess.DEVNULL,
+                   check=False)
+
+
+def wait_until(pred: object, timeout: float = 10.0, interval: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():  # type: ignore[operator]
+            return True
+        time.sleep(interval)
+    return False
+
+
+class Mount:
+    """One zcachefs daemon serving `source` at `mountpoint`."""
+
+    def __init__(self, source: Path, mountpoint: Path, options: str = "",
+                 log: Path | None = None, env: dict[str, str] | None = None,
+                 extra_args: list[str] | None = None) -> None:
+        self.source = source
+        self.mountpoint = mountpoint
+        self.options = options
+        self.log = log or mountpoint.parent / f"{mountpoint.name}.log"
+        self.env = {**os.environ, **(env or {})}
+        self.extra_args = extra_args or []
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Mount:
+        args = [sys.executable, "-m", "zcachefs", "-f", *self.extra_args]
+        if self.options:
+            args += ["-o", self.options]
+        args += [str(self.source), str(self.mountpoint)]
+        with open(self.log, "ab") as logf:
+            self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL,
+                                         stdout=logf, stderr=logf, env=self.env)
+        ok = wait_until(lambda: is_fuse_mounted(self.mountpoint)
+                        or self.proc is None or self.proc.poll() is not None)
+        if not is_fuse_mounted(self.mountpoint):
+            self.stop()
+            raise RuntimeError(f"zcachefs did not mount (ok={ok}):\n{self.read_log()}")
+        return self
+
+    def read_log(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        """Unmount and reap; returns the daemon's exit status (None if it was killed)."""
+        if is_fuse_mounted(self.mountpoint):
+            subprocess.run(["fusermount3", "-u", str(self.mountpoint)],
+                           stderr=subprocess.DEVNULL, check=False, timeout=timeout)
+        status = None
+        if self.proc is not None:
+            try:
+                status = self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                force_unmount(self.mountpoint)
+                try:
+                    status = self.proc.wait(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    os.kill(self.proc.pid, signal.SIGKILL)
+                    self.proc.wait()
+        force_unmount(self.mountpoint)
+        return status
+
+    def __enter__(self) -> Mount:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

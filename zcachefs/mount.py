@@ -1,0 +1,151 @@
+"""Daemon lifecycle: check the paths, open SOURCE, mount, serve, unmount.
+
+Order matters for mounting over SOURCE itself: SOURCE is opened as an O_PATH
+directory descriptor *before* the mount exists, and nothing after the mount touches a
+path below the mountpoint (the daemon chdirs to /).
+
+Without -f the command forks before mounting; the child mounts and reports "mounted"
+or the error through a pipe, so the parent exits only once the mount is live (or with
+the one-line error). SIGTERM, SIGINT and SIGHUP unmount cleanly and exit 0; so does an
+external `fusermount3 -u`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import stat
+import sys
+
+import pyfuse3
+import trio
+
+from . import backing, logs, notify
+from .fs import Operations
+from .options import MountOptions
+
+log = logging.getLogger(__name__)
+
+
+class MountError(Exception):
+    """A problem that stops the mount; str() is the one-line message."""
+
+
+def check_paths(source: str, mountpoint: str) -> None:
+    """Validate SOURCE, MOUNTPOINT and /dev/fuse before anything is started."""
+    try:
+        st = os.stat(source)
+    except FileNotFoundError:
+        raise MountError(f"source '{source}' does not exist") from None
+    except OSError as exc:
+        raise MountError(f"cannot access source '{source}': {exc.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise MountError(f"source '{source}' is not a directory")
+    try:
+        st = os.stat(mountpoint)
+    except FileNotFoundError:
+        raise MountError(f"mountpoint '{mountpoint}' does not exist") from None
+    except OSError as exc:
+        raise MountError(f"cannot access mountpoint '{mountpoint}': {exc.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise MountError(f"mountpoint '{mountpoint}' is not a directory")
+    if not os.path.exists("/dev/fuse"):
+        raise MountError("/dev/fuse does not exist (is the fuse module loaded?)")
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        raise MountError("no permission to open /dev/fuse")
+
+
+def fuse_options(source: str, opts: MountOptions) -> set[str]:
+    """The option set handed to libfuse."""
+    out = set(opts.fuse)
+    if not any(o.startswith("fsname=") for o in out):
+        out.add(f"fsname={source.replace(',', '_')}")
+    if not any(o.startswith("subtype=") for o in out):
+        out.add("subtype=zcachefs")
+    return out
+
+
+def run(source: str, mountpoint: str, opts: MountOptions, foreground: bool) -> int:
+    """Mount and serve until unmounted or signalled; returns the exit status."""
+    source = os.path.abspath(source)
+    mountpoint = os.path.abspath(mountpoint)
+    check_paths(source, mountpoint)
+    try:
+        root_fd = os.open(source, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise MountError(f"cannot open source '{source}': {exc.strerror}") from None
+
+    report_fd = None if foreground else _daemonize()
+    logs.setup(opts.debug, daemon=not foreground)
+    nofile = backing.raise_nofile_limit()
+    os.umask(0)  # the kernel applied the caller's umask already
+    ops = Operations(root_fd, opts)
+    try:
+        pyfuse3.init(ops, mountpoint, fuse_options(source, opts))
+    except RuntimeError as exc:
+        message = f"cannot mount on '{mountpoint}': {exc}"
+        if report_fd is not None:
+            os.write(report_fd, message.encode())
+            os._exit(1)
+        raise MountError(message) from None
+    log.info("mounted %s on %s (threads=%d, nofile=%d)", source, mountpoint,
+             opts.threads, nofile)
+    os.chdir("/")
+    if report_fd is not None:
+        os.write(report_fd, b"OK")
+        os.close(report_fd)
+        _detach_stdio()
+    notify.notify("READY=1")
+    try:
+        trio.run(_serve)
+    finally:
+        notify.notify("STOPPING=1")
+        pyfuse3.close(unmount=True)
+        ops.close_all()
+        log.info("unmounted %s (peak backing calls in flight: %d)", mountpoint,
+                 ops.peak_inflight)
+    return 0
+
+
+async def _serve() -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_watch_signals)
+        await pyfuse3.main()
+        nursery.cancel_scope.cancel()
+
+
+async def _watch_signals() -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
+        async for signum in sigs:
+            log.info("received %s, unmounting", signal.Signals(signum).name)
+            pyfuse3.terminate()
+            return
+
+
+def _daemonize() -> int:
+    """Fork; the parent waits for the child's report and exits. Returns the pipe fd."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(w)
+        chunks = []
+        while chunk := os.read(r, 4096):
+            chunks.append(chunk)
+        report = b"".join(chunks).decode(errors="replace")
+        if report == "OK":
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        print(f"zcachefs: {report or 'daemon exited before mounting'}", file=sys.stderr)
+        os._exit(1)
+    os.close(r)
+    os.setsid()
+    return w
+
+
+def _detach_stdio() -> None:
+    devnull = os.open(os.devnull, os.O_RDWR)
+    keep_stderr = logs.under_journal()
+    for fd in (0, 1) if keep_stderr else (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
