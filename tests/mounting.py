@@ -9,6 +9,7 @@ and reaps the process.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -51,10 +52,8 @@ def force_unmount(mountpoint: str | os.PathLike[str]) -> None:
     ensure_fusectl()
     minor = entry[0].split(":")[1]
     abort = FUSECTL / minor / "abort"
-    try:
+    with contextlib.suppress(OSError):
         abort.write_text("1")
-    except OSError:
-        pass
     subprocess.run(["fusermount3", "-uz", str(mountpoint)], stderr=subprocess.DEVNULL,
                    check=False)
 

@@ -15,7 +15,6 @@ import json
 import mmap
 import os
 import random
-import socket
 import stat
 import subprocess
 import sys

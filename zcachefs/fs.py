@@ -2,8 +2,9 @@
 
 Role: a protocol adapter only. It is the one place that awaits and the one place that
 turns OSError into FUSEError (an errno for the kernel). Every blocking call on SOURCE
-runs in a worker thread (trio.to_thread, bounded by a CapacityLimiter of `threads`),
-under the caller's credentials (see backing.py); the trio thread only updates tables.
+(backing.Backing) runs in a worker thread (trio.to_thread, bounded by a
+CapacityLimiter of `threads`), under the caller's credentials; the trio thread only
+updates tables.
 
 Concurrency rule (S3QL's): code between two awaits is a critical section. Table
 updates never straddle an await; after an await, state is looked up again.
@@ -14,10 +15,12 @@ the data the read costs no thread hop, otherwise it goes to a worker.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
 import stat as stat_mod
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,22 +31,16 @@ import trio
 from pyfuse3 import FUSEError
 
 from . import backing
-from .backing import O_PATH_FLAGS, Caller, proc_path
-from .inodes import Inode, InodeTable
+from .backing import Backing, Caller
+from .inodes import Inode, InodeTable, Ref
 from .options import MountOptions
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# O_DIRECT is honoured on the FUSE side (direct_io, no kernel page cache) and stripped
-# on the backing side, where it would demand aligned buffers Python cannot give.
-_STRIP_OPEN = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_DIRECT
-# How many directory entries one worker call opens and stats for readdirplus.
+# How many directory entries one worker call looks up for readdirplus: large enough to
+# amortize the thread hop (~50 us), small enough that a full reply buffer wastes little.
 _READDIR_BATCH = 128
-# Seconds within which a pair of identical atime/mtime values is taken for UTIME_NOW:
-# pyfuse3 turns FATTR_*_NOW into explicit times, but "now" needs only write permission
-# while explicit times need ownership, so we must tell them apart.
-_NOW_SLACK_NS = 2_000_000_000
 
 
 @dataclass(slots=True)
@@ -65,35 +62,6 @@ def _caller(ctx: pyfuse3.RequestContext) -> Caller | None:
     return Caller(ctx.uid, ctx.gid, ctx.pid) if ctx.uid != 0 else None
 
 
-# -- worker-thread functions (blocking; no table access) ---------------------------
-
-def _open_at(dirfd: int, name: bytes) -> tuple[int, os.stat_result]:
-    fd = os.open(name, O_PATH_FLAGS, dir_fd=dirfd)
-    try:
-        return fd, os.fstat(fd)
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-def _open_batch(dirfd: int, names: Sequence[bytes]) -> list[tuple[bytes, int, os.stat_result]]:
-    out = []
-    for name in names:
-        try:
-            fd, st = _open_at(dirfd, name)
-        except FileNotFoundError:
-            continue  # removed since the listing: skip it, as readdir(3) may
-        out.append((name, fd, st))
-    return out
-
-
-def _list_dir(fd: int) -> tuple[list[bytes], int]:
-    os.lseek(fd, 0, os.SEEK_SET)
-    with os.scandir(fd) as it:
-        names = [b".", b"..", *(os.fsencode(e.name) for e in it)]
-    return names, os.stat("..", dir_fd=fd, follow_symlinks=False).st_ino
-
-
 def _pread(fd: int, size: int, off: int) -> bytes:
     return os.pread(fd, size, off)
 
@@ -109,13 +77,15 @@ class Operations(pyfuse3.Operations):
         st = os.fstat(root_fd)
         self.opts = opts
         self.enable_acl = opts.default_permissions
-        self.inodes = InodeTable(root_fd, st.st_dev, st.st_ino, st.st_mode)
+        self.backing = Backing(root_fd)
+        self.inodes = InodeTable(self.backing.root_ref, st.st_dev, st.st_ino, st.st_mode)
         self.files: dict[int, FileHandle] = {}
         self.dirs: dict[int, DirHandle] = {}
         self.limiter = trio.CapacityLimiter(opts.threads)
         self.switch_ids = backing.can_switch_credentials()
-        self.inflight = 0
+        self._running = 0  # backing calls running in worker threads (under _count_lock)
         self.peak_inflight = 0
+        self._count_lock = threading.Lock()
         # Test hook: emulate a slow backing store (milliseconds per blocking call).
         self._delay = float(os.environ.get("ZCACHEFS_DEBUG_BACKING_DELAY_MS", "0")) / 1000
 
@@ -125,22 +95,24 @@ class Operations(pyfuse3.Operations):
         """Run a blocking backing call in a worker thread; OSError becomes FUSEError."""
         if not self.switch_ids:
             caller = None
-        self.inflight += 1
-        self.peak_inflight = max(self.peak_inflight, self.inflight)
         try:
-            if self._delay:
-                return await trio.to_thread.run_sync(
-                    self._delayed, caller, fn, *args, limiter=self.limiter)
-            return await trio.to_thread.run_sync(
-                backing.call_as, caller, fn, *args, limiter=self.limiter)
+            return await trio.to_thread.run_sync(self._work, caller, fn, *args,
+                                                 limiter=self.limiter)
         except OSError as exc:
             raise FUSEError(exc.errno or errno.EIO) from None
-        finally:
-            self.inflight -= 1
 
-    def _delayed(self, caller: Caller | None, fn: Callable[..., T], *args: Any) -> T:
-        time.sleep(self._delay)
-        return backing.call_as(caller, fn, *args)
+    def _work(self, caller: Caller | None, fn: Callable[..., T], *args: Any) -> T:
+        """Runs in a worker thread: one backing call, counted for peak_inflight."""
+        with self._count_lock:
+            self._running += 1
+            self.peak_inflight = max(self.peak_inflight, self._running)
+        try:
+            if self._delay:
+                time.sleep(self._delay)
+            return backing.call_as(caller, fn, *args)
+        finally:
+            with self._count_lock:
+                self._running -= 1
 
     def _inode(self, nodeid: int) -> Inode:
         inode = self.inodes.get(nodeid)
@@ -166,21 +138,26 @@ class Operations(pyfuse3.Operations):
         a.entry_timeout = self.opts.entry_timeout
         return a
 
-    def _remember(self, fd: int, st: os.stat_result) -> pyfuse3.EntryAttributes:
-        inode, extra = self.inodes.remember(fd, st.st_dev, st.st_ino, st.st_mode)
+    def _remember(self, ref: Ref, st: os.stat_result) -> pyfuse3.EntryAttributes:
+        """Count one kernel lookup of the inode and return its attributes."""
+        inode, extra = self.inodes.remember(ref, st.st_dev, st.st_ino, st.st_mode)
         if extra is not None:
             os.close(extra)
         return self._attr(inode, st)
 
+    def _forget_one(self, nodeid: int) -> None:
+        fd = self.inodes.forget(nodeid, 1)
+        if fd is not None:
+            os.close(fd)
+
     def close_all(self) -> None:
         """Close every descriptor (after the session has ended)."""
-        for fd in [*self.files, *self.dirs, *self.inodes.all_fds()]:
-            try:
+        for fd in [*self.files, *self.dirs, *self.inodes.held_fds()]:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
         self.files.clear()
         self.dirs.clear()
+        self.backing.close()
 
     # -- names ---------------------------------------------------------------------
 
@@ -188,10 +165,9 @@ class Operations(pyfuse3.Operations):
                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         parent = self._inode(parent_inode)
         if name == b"." or (name == b".." and parent is self.inodes.root):
-            fd, st = await self._run(_caller(ctx), _open_at, parent.fd, b".")
-        else:
-            fd, st = await self._run(_caller(ctx), _open_at, parent.fd, name)
-        return self._remember(fd, st)
+            name = cast(pyfuse3.FileNameT, b".")
+        ref, st = await self._run(_caller(ctx), self.backing.lookup, parent.ref, name)
+        return self._remember(ref, st)
 
     async def forget(self, inode_list: Sequence[tuple[pyfuse3.InodeT, int]]) -> None:
         for nodeid, count in inode_list:
@@ -202,7 +178,7 @@ class Operations(pyfuse3.Operations):
     async def getattr(self, inode: pyfuse3.InodeT,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         node = self._inode(inode)
-        st = await self._run(None, os.fstat, node.fd)
+        st = await self._run(None, self.backing.stat, node.ref)
         return self._attr(node, st)
 
     async def setattr(self, inode: pyfuse3.InodeT, attr: pyfuse3.EntryAttributes,
@@ -210,13 +186,14 @@ class Operations(pyfuse3.Operations):
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         node = self._inode(inode)
         handle = self.files.get(fh) if fh is not None else None
-        real_fd = handle.fd if handle is not None else None
         times: tuple[int, int] | None = None
         if fields.update_atime or fields.update_mtime:
             times = (attr.st_atime_ns if fields.update_atime else -1,
                      attr.st_mtime_ns if fields.update_mtime else -1)
+        node.sig = None
         st = await self._run(
-            _caller(ctx), _setattr, node.fd, real_fd, stat_mod.S_ISLNK(node.mode),
+            _caller(ctx), self.backing.setattr, node.ref,
+            handle.fd if handle is not None else None,
             attr.st_mode if fields.update_mode else None,
             attr.st_uid if fields.update_uid else -1,
             attr.st_gid if fields.update_gid else -1,
@@ -226,52 +203,55 @@ class Operations(pyfuse3.Operations):
     async def readlink(self, inode: pyfuse3.InodeT,
                        ctx: pyfuse3.RequestContext) -> pyfuse3.FileNameT:
         node = self._inode(inode)
-        return cast(pyfuse3.FileNameT, await self._run(None, backing.read_link, node.fd))
+        return cast(pyfuse3.FileNameT, await self._run(None, self.backing.readlink, node.ref))
 
     async def mknod(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT,
                     mode: int, rdev: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         parent = self._inode(parent_inode)
-        fd, st = await self._run(_caller(ctx), _mknod, parent.fd, name, mode, rdev)
-        return self._remember(fd, st)
+        ref, st = await self._run(_caller(ctx), self.backing.mknod, parent.ref, name, mode,
+                                  rdev)
+        return self._remember(ref, st)
 
     async def mkdir(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT,
                     mode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         parent = self._inode(parent_inode)
-        fd, st = await self._run(_caller(ctx), _mkdir, parent.fd, name, mode)
-        return self._remember(fd, st)
+        ref, st = await self._run(_caller(ctx), self.backing.mkdir, parent.ref, name, mode)
+        return self._remember(ref, st)
 
     async def symlink(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT,
                       target: pyfuse3.FileNameT,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         parent = self._inode(parent_inode)
-        fd, st = await self._run(_caller(ctx), _symlink, parent.fd, name, target)
-        return self._remember(fd, st)
+        ref, st = await self._run(_caller(ctx), self.backing.symlink, parent.ref, name,
+                                  target)
+        return self._remember(ref, st)
 
     async def link(self, inode: pyfuse3.InodeT, new_parent_inode: pyfuse3.InodeT,
                    new_name: pyfuse3.FileNameT,
                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         node = self._inode(inode)
         parent = self._inode(new_parent_inode)
-        fd, st = await self._run(_caller(ctx), _link, node.fd, parent.fd, new_name)
-        return self._remember(fd, st)
+        ref, st = await self._run(_caller(ctx), self.backing.link, node.ref, parent.ref,
+                                  new_name)
+        return self._remember(ref, st)
 
     async def unlink(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT,
                      ctx: pyfuse3.RequestContext) -> None:
         parent = self._inode(parent_inode)
-        await self._run(_caller(ctx), _unlink, parent.fd, name)
+        await self._run(_caller(ctx), self.backing.unlink, parent.ref, name)
 
     async def rmdir(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT,
                     ctx: pyfuse3.RequestContext) -> None:
         parent = self._inode(parent_inode)
-        await self._run(_caller(ctx), _rmdir, parent.fd, name)
+        await self._run(_caller(ctx), self.backing.rmdir, parent.ref, name)
 
     async def rename(self, parent_inode_old: pyfuse3.InodeT, name_old: pyfuse3.FileNameT,
                      parent_inode_new: pyfuse3.InodeT, name_new: pyfuse3.FileNameT,
                      flags: pyfuse3.FlagT, ctx: pyfuse3.RequestContext) -> None:
         old = self._inode(parent_inode_old)
         new = self._inode(parent_inode_new)
-        await self._run(_caller(ctx), backing.renameat2, old.fd, name_old, new.fd,
+        await self._run(_caller(ctx), self.backing.rename, old.ref, name_old, new.ref,
                         name_new, int(flags))
 
     # -- files ---------------------------------------------------------------------
@@ -290,17 +270,17 @@ class Operations(pyfuse3.Operations):
     async def open(self, inode: pyfuse3.InodeT, flags: int,
                    ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         node = self._inode(inode)
-        fd, st = await self._run(_caller(ctx), _reopen, node.fd, flags)
+        fd, st = await self._run(_caller(ctx), self.backing.open, node.ref, flags)
         return self._file_info(fd, node, flags, st)
 
     async def create(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT,
                      mode: int, flags: int, ctx: pyfuse3.RequestContext
                      ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         parent = self._inode(parent_inode)
-        fd, path_fd, st = await self._run(_caller(ctx), _create, parent.fd, name, mode, flags)
-        attr = self._remember(path_fd, st)
-        node = self._inode(attr.st_ino)
-        return self._file_info(fd, node, flags, st), attr
+        fd, ref, st = await self._run(_caller(ctx), self.backing.create, parent.ref, name,
+                                      mode, flags)
+        attr = self._remember(ref, st)
+        return self._file_info(fd, self._inode(attr.st_ino), flags, st), attr
 
     async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
         handle = self.files[fh]
@@ -341,7 +321,7 @@ class Operations(pyfuse3.Operations):
     async def opendir(self, inode: pyfuse3.InodeT,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.FileHandleT:
         node = self._inode(inode)
-        fd = await self._run(_caller(ctx), _opendir, node.fd)
+        fd = await self._run(_caller(ctx), self.backing.opendir, node.ref)
         self.dirs[fd] = DirHandle(fd, node)
         return cast(pyfuse3.FileHandleT, fd)
 
@@ -351,27 +331,26 @@ class Operations(pyfuse3.Operations):
         if start_id == 0 or handle.entries is None:
             # A fresh listing at offset 0 (first call or rewinddir); later offsets index
             # this snapshot, so they stay stable while the directory changes.
-            handle.entries, handle.dots = await self._run(None, _list_dir, handle.fd)
+            handle.entries, handle.dots = await self._run(None, Backing.list_dir, handle.fd)
         entries = handle.entries
         pos = start_id
+        while pos < 2:  # "." and "..": the kernel counts no lookups for these
+            if not pyfuse3.readdir_reply(token, cast(pyfuse3.FileNameT, entries[pos]),
+                                         self._dot_attr(handle, pos), pos + 1):
+                return
+            pos += 1
         while pos < len(entries):
             batch = entries[pos:pos + _READDIR_BATCH]
-            if pos < 2:  # "." and "..": the kernel does not count lookups for these
-                for i in range(pos, 2):
-                    if not pyfuse3.readdir_reply(token, cast(pyfuse3.FileNameT, entries[i]),
-                                                 self._dot_attr(handle, i), i + 1):
-                        return
-                pos = 2
-                continue
-            opened = await self._run(None, _open_batch, handle.inode.fd, batch)
+            found = await self._run(None, self.backing.lookup_many, handle.inode.ref, batch)
             index = {name: i for i, name in enumerate(batch)}
-            for k, (name, fd, st) in enumerate(opened):
-                attr = self._remember(fd, st)
+            for k, (name, ref, st) in enumerate(found):
+                attr = self._remember(ref, st)
                 if not pyfuse3.readdir_reply(token, cast(pyfuse3.FileNameT, name), attr,
                                              pos + index[name] + 1):
                     self._forget_one(attr.st_ino)
-                    for _, rest_fd, _ in opened[k + 1:]:
-                        os.close(rest_fd)
+                    for _, rest, _ in found[k + 1:]:
+                        if rest.fd >= 0:
+                            os.close(rest.fd)
                     return
             pos += len(batch)
 
@@ -383,11 +362,6 @@ class Operations(pyfuse3.Operations):
                         else handle.dots)
         a.st_mode = cast(pyfuse3.ModeT, stat_mod.S_IFDIR)
         return a
-
-    def _forget_one(self, nodeid: int) -> None:
-        fd = self.inodes.forget(nodeid, 1)
-        if fd is not None:
-            os.close(fd)
 
     async def releasedir(self, fh: pyfuse3.FileHandleT) -> None:
         handle = self.dirs.pop(fh, None)
@@ -401,7 +375,7 @@ class Operations(pyfuse3.Operations):
     # -- everything else -----------------------------------------------------------
 
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
-        sv = await self._run(None, os.statvfs, self.inodes.root.fd)
+        sv = await self._run(None, self.backing.statvfs)
         out = pyfuse3.StatvfsData()
         for name in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files",
                      "f_ffree", "f_favail", "f_namemax"):
@@ -411,152 +385,25 @@ class Operations(pyfuse3.Operations):
     async def access(self, inode: pyfuse3.InodeT, mode: int,
                      ctx: pyfuse3.RequestContext) -> bool:
         node = self._inode(inode)
-        return await self._run(_caller(ctx), _access, node.fd, mode)
+        return await self._run(_caller(ctx), self.backing.access, node.ref, mode)
 
     async def getxattr(self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT,
                        ctx: pyfuse3.RequestContext) -> bytes:
         node = self._inode(inode)
-        return await self._run(_caller(ctx), _getxattr, node.fd, node.mode, name)
+        return await self._run(_caller(ctx), self.backing.getxattr, node.ref, name)
 
     async def setxattr(self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT, value: bytes,
                        ctx: pyfuse3.RequestContext) -> None:
         node = self._inode(inode)
-        await self._run(_caller(ctx), _setxattr, node.fd, node.mode, name, value)
+        await self._run(_caller(ctx), self.backing.setxattr, node.ref, name, value)
 
     async def listxattr(self, inode: pyfuse3.InodeT,
                         ctx: pyfuse3.RequestContext) -> Sequence[pyfuse3.XAttrNameT]:
         node = self._inode(inode)
-        names = await self._run(_caller(ctx), _listxattr, node.fd, node.mode)
+        names = await self._run(_caller(ctx), self.backing.listxattr, node.ref)
         return [cast(pyfuse3.XAttrNameT, os.fsencode(n)) for n in names]
 
     async def removexattr(self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT,
                           ctx: pyfuse3.RequestContext) -> None:
         node = self._inode(inode)
-        await self._run(_caller(ctx), _removexattr, node.fd, node.mode, name)
-
-
-# -- more worker-thread functions --------------------------------------------------
-
-def _reopen(path_fd: int, flags: int) -> tuple[int, os.stat_result]:
-    fd = os.open(proc_path(path_fd), (flags & ~_STRIP_OPEN) | os.O_CLOEXEC)
-    try:
-        return fd, os.fstat(fd)
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-def _create(dirfd: int, name: bytes, mode: int, flags: int
-            ) -> tuple[int, int, os.stat_result]:
-    fd = os.open(name, (flags & ~(os.O_DIRECT | os.O_NOCTTY)) | os.O_CREAT | os.O_CLOEXEC,
-                 mode & 0o7777, dir_fd=dirfd)
-    try:
-        path_fd = os.open(proc_path(fd), os.O_PATH | os.O_CLOEXEC)
-        return fd, path_fd, os.fstat(fd)
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-def _opendir(path_fd: int) -> int:
-    return os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=path_fd)
-
-
-def _mknod(dirfd: int, name: bytes, mode: int, rdev: int) -> tuple[int, os.stat_result]:
-    os.mknod(name, mode, rdev, dir_fd=dirfd)
-    return _open_at(dirfd, name)
-
-
-def _mkdir(dirfd: int, name: bytes, mode: int) -> tuple[int, os.stat_result]:
-    os.mkdir(name, mode & 0o7777, dir_fd=dirfd)
-    return _open_at(dirfd, name)
-
-
-def _symlink(dirfd: int, name: bytes, target: bytes) -> tuple[int, os.stat_result]:
-    os.symlink(target, name, dir_fd=dirfd)
-    return _open_at(dirfd, name)
-
-
-def _link(path_fd: int, dirfd: int, name: bytes) -> tuple[int, os.stat_result]:
-    os.link(proc_path(path_fd), name, dst_dir_fd=dirfd, follow_symlinks=True)
-    return _open_at(dirfd, name)
-
-
-def _unlink(dirfd: int, name: bytes) -> None:
-    os.unlink(name, dir_fd=dirfd)
-
-
-def _rmdir(dirfd: int, name: bytes) -> None:
-    os.rmdir(name, dir_fd=dirfd)
-
-
-def _access(path_fd: int, mode: int) -> bool:
-    if not os.access(proc_path(path_fd), mode):
-        raise PermissionError(errno.EACCES, "access")
-    return True
-
-
-def _setattr(path_fd: int, real_fd: int | None, is_link: bool, mode: int | None,
-             uid: int, gid: int, size: int | None,
-             times: tuple[int, int] | None) -> os.stat_result:
-    if mode is not None:
-        if is_link:
-            raise OSError(errno.EOPNOTSUPP, "chmod of a symlink")
-        if real_fd is not None:
-            os.fchmod(real_fd, stat_mod.S_IMODE(mode))
-        else:
-            os.chmod(proc_path(path_fd), stat_mod.S_IMODE(mode))
-    if uid != -1 or gid != -1:
-        backing.fchown_path(path_fd, uid, gid)
-    if size is not None:
-        if real_fd is not None:
-            os.ftruncate(real_fd, size)
-        else:
-            fd = os.open(proc_path(path_fd), os.O_WRONLY | os.O_CLOEXEC)
-            try:
-                os.ftruncate(fd, size)
-            finally:
-                os.close(fd)
-    if times is not None:
-        _set_times(path_fd, is_link, times)
-    return os.fstat(path_fd)
-
-
-def _set_times(path_fd: int, is_link: bool, times: tuple[int, int]) -> None:
-    atime, mtime = times
-    now = time.time_ns()
-    target: int | str = proc_path(path_fd)
-    if is_link:
-        raise OSError(errno.EOPNOTSUPP, "utimes of a symlink")
-    if atime == mtime and abs(now - atime) < _NOW_SLACK_NS:
-        os.utime(target)  # UTIME_NOW: needs write permission only, as touch(1) expects
-        return
-    if atime == -1 or mtime == -1:
-        st = os.stat(target)
-        atime = st.st_atime_ns if atime == -1 else atime
-        mtime = st.st_mtime_ns if mtime == -1 else mtime
-    os.utime(target, ns=(atime, mtime))
-
-
-def _xattr_target(path_fd: int, mode: int) -> str:
-    if stat_mod.S_ISLNK(mode):
-        # Reaching a symlink's own xattrs needs a path we do not keep; ext4 allows only
-        # trusted./security. ones there. Report "not supported" rather than guess.
-        raise OSError(errno.EOPNOTSUPP, "xattr on a symlink")
-    return proc_path(path_fd)
-
-
-def _getxattr(path_fd: int, mode: int, name: bytes) -> bytes:
-    return os.getxattr(_xattr_target(path_fd, mode), name)
-
-
-def _setxattr(path_fd: int, mode: int, name: bytes, value: bytes) -> None:
-    os.setxattr(_xattr_target(path_fd, mode), name, value)
-
-
-def _listxattr(path_fd: int, mode: int) -> list[str]:
-    return os.listxattr(_xattr_target(path_fd, mode))
-
-
-def _removexattr(path_fd: int, mode: int, name: bytes) -> None:
-    os.removexattr(_xattr_target(path_fd, mode), name)
+        await self._run(_caller(ctx), self.backing.removexattr, node.ref, name)

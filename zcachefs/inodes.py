@@ -1,18 +1,22 @@
 """The inode table: FUSE node ids <-> backing inodes, with kernel lookup counts.
 
-Role: each inode the kernel knows is one `Inode` holding an O_PATH descriptor of the
-backing file. Holding it pins the backing inode, so its (st_dev, st_ino) cannot be
-reused for another file while the kernel may still send requests for it; hard links
-resolve to the same `Inode`. When the kernel's lookup count drops to zero (forget) the
-entry goes and the descriptor is handed back to the caller to close.
+Role: each inode the kernel knows is one `Inode` with a `Ref` that reaches the backing
+inode: a file handle (name_to_handle_at) that a worker reopens for each call, so a tree
+of any size costs no descriptors; or, where handles cannot be opened (a non-root
+daemon, a filesystem mounted below SOURCE), a held O_PATH descriptor. Hard links resolve
+to the same `Inode`. When the kernel's lookup count drops to zero (forget) the entry
+goes and a held descriptor is handed back to the caller to close.
+
+A file handle carries the inode's generation, so a deleted file whose inode number is
+reused never matches the old `Inode`: the new file gets a fresh node id instead.
 
 Node ids: the backing st_ino when the file is on SOURCE's filesystem (so `ls -i` shows
 the same numbers as the plain directory), a synthetic id above 2**63 for files on other
 filesystems mounted below SOURCE or on a clash; the root is always pyfuse3's
 ROOT_INODE (1).
 
-Must not import pyfuse3, trio or psutil; no system calls (descriptors are only stored
-and returned). Not thread-safe: used from the trio thread only, never across an await.
+Must not import pyfuse3, trio or psutil; no system calls (descriptors and handles are
+only stored and returned). Not thread-safe: used from the trio thread only, never across an await.
 """
 
 from __future__ import annotations
@@ -24,12 +28,21 @@ ROOT_NODEID = 1
 _SYNTHETIC_BASE = 1 << 63
 
 
+@dataclass(frozen=True, slots=True)
+class Ref:
+    """How a worker thread reaches a backing inode (immutable, so safe to share)."""
+
+    fd: int  # a held O_PATH descriptor, or -1 to reopen `handle` for each call
+    handle: bytes  # struct file_handle as bytes (b"" if the filesystem has none)
+    mount_fd: int  # a descriptor on the handle's filesystem for open_by_handle_at
+
+
 @dataclass(eq=False, slots=True)
 class Inode:
     """One backing inode known to the kernel."""
 
     nodeid: int
-    fd: int  # O_PATH | O_NOFOLLOW descriptor of the backing inode
+    ref: Ref
     dev: int
     ino: int
     mode: int  # file type bits only are relied upon (they never change)
@@ -42,12 +55,12 @@ class Inode:
 class InodeTable:
     """Node id bookkeeping; see the module docstring."""
 
-    def __init__(self, root_fd: int, root_dev: int, root_ino: int, root_mode: int) -> None:
+    def __init__(self, root: Ref, root_dev: int, root_ino: int, root_mode: int) -> None:
         self._by_id: dict[int, Inode] = {}
         self._by_key: dict[tuple[int, int], Inode] = {}
         self._root_dev = root_dev
         self._synthetic = itertools.count(_SYNTHETIC_BASE)
-        root = Inode(ROOT_NODEID, root_fd, root_dev, root_ino, root_mode, nlookup=1)
+        root = Inode(ROOT_NODEID, root, root_dev, root_ino, root_mode, nlookup=1)
         self._by_id[ROOT_NODEID] = root
         self._by_key[(root_dev, root_ino)] = root
         self.root = root
@@ -61,26 +74,28 @@ class InodeTable:
     def get(self, nodeid: int) -> Inode | None:
         return self._by_id.get(nodeid)
 
-    def remember(self, fd: int, dev: int, ino: int, mode: int) -> tuple[Inode, int | None]:
-        """Count one lookup of the backing inode opened as `fd`.
+    def remember(self, ref: Ref, dev: int, ino: int, mode: int) -> tuple[Inode, int | None]:
+        """Count one lookup of the backing inode reached by `ref`.
 
-        Returns the Inode and a descriptor the caller must close (the new `fd` when the
-        inode was already known, else None).
+        Returns the Inode and a held descriptor the caller must close (the new one when
+        the inode was already known), or None.
         """
-        inode = self._by_key.get((dev, ino))
-        if inode is not None:
-            inode.nlookup += 1
-            return inode, fd
+        known = self._by_key.get((dev, ino))
+        if known is not None and known.ref.handle == ref.handle:
+            known.nlookup += 1
+            return known, (ref.fd if ref.fd >= 0 and ref.fd != known.ref.fd else None)
+        # New, or the number now names another file (the old one was deleted while the
+        # kernel still knows it): never let the two share a node id.
         nodeid = ino if dev == self._root_dev and ino > ROOT_NODEID else 0
         if nodeid == 0 or nodeid >= _SYNTHETIC_BASE or nodeid in self._by_id:
             nodeid = next(self._synthetic)
-        inode = Inode(nodeid, fd, dev, ino, mode, nlookup=1)
+        inode = Inode(nodeid, ref, dev, ino, mode, nlookup=1)
         self._by_id[nodeid] = inode
         self._by_key[(dev, ino)] = inode
         return inode, None
 
     def forget(self, nodeid: int, count: int) -> int | None:
-        """Drop `count` lookups; returns the descriptor to close when the entry goes."""
+        """Drop `count` lookups; returns a held descriptor to close when the entry goes."""
         inode = self._by_id.get(nodeid)
         if inode is None or inode.nodeid == ROOT_NODEID:
             return None
@@ -88,9 +103,10 @@ class InodeTable:
         if inode.nlookup > 0:
             return None
         del self._by_id[nodeid]
-        del self._by_key[(inode.dev, inode.ino)]
-        return inode.fd
+        if self._by_key.get((inode.dev, inode.ino)) is inode:
+            del self._by_key[(inode.dev, inode.ino)]
+        return inode.ref.fd if inode.ref.fd >= 0 else None
 
-    def all_fds(self) -> list[int]:
-        """Every descriptor held (for shutdown)."""
-        return [inode.fd for inode in self._by_id.values()]
+    def held_fds(self) -> list[int]:
+        """Every descriptor held by the table (for shutdown)."""
+        return [i.ref.fd for i in self._by_id.values() if i.ref.fd >= 0]

@@ -135,7 +135,7 @@ def _daemonize() -> int:
         report = b"".join(chunks).decode(errors="replace")
         if report == "OK":
             os._exit(0)
-        _, status = os.waitpid(pid, 0)
+        _, _status = os.waitpid(pid, 0)
         print(f"zcachefs: {report or 'daemon exited before mounting'}", file=sys.stderr)
         os._exit(1)
     os.close(r)

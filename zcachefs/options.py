@@ -151,8 +151,13 @@ def parse_options(groups: Iterable[str]) -> MountOptions:
             fuse.add(name)
             continue
         if name in FUSE_VALUED:
-            if not eq or not raw or "," in raw:
+            if not eq or not raw:
                 raise OptionError(f"option '{name}' needs a value")
+            if name in ("max_read", "blksize"):
+                try:
+                    parse_int_range(1, 1 << 30)(raw)
+                except ValueError as exc:
+                    raise OptionError(f"bad value for option '{name}': {exc}") from None
             fuse.add(f"{name}={raw}")
             continue
         spec = OPTION_BY_NAME.get(name)

@@ -1,0 +1,66 @@
+"""Unit tests of mount option parsing (pure core, no FUSE)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from zcachefs.options import (
+    OPTIONS,
+    MountOptions,
+    OptionError,
+    parse_options,
+    read_options_file,
+)
+
+
+def test_defaults() -> None:
+    assert parse_options([]) == MountOptions()
+
+
+def test_values_and_flags() -> None:
+    o = parse_options(["threads=4,attr_timeout=0.5", "debug", "ro,fsname=data"])
+    assert o.threads == 4 and o.attr_timeout == 0.5 and o.debug
+    assert o.read_only and "fsname=data" in o.fuse
+
+
+def test_allow_other_implies_default_permissions() -> None:
+    o = parse_options(["allow_other"])
+    assert o.allow_other and o.default_permissions
+
+
+def test_generic_flags_dropped() -> None:
+    o = parse_options(["defaults,nofail,_netdev,auto,noauto,user,users,rw,x-systemd.idle=1"])
+    assert o == MountOptions()
+
+
+@pytest.mark.parametrize("bad", ["nope", "threads", "threads=", "threads=-1", "threads=1e3",
+                                 "threads=99999", "attr_timeout=nan", "attr_timeout=inf",
+                                 "entry_timeout=x", "debug=maybe", "fsname", "max_read=0",
+                                 "blksize=-4", "threads=\x00", "ünïcode=1"])
+def test_bad_options_raise_one_line(bad: str) -> None:
+    with pytest.raises(OptionError) as exc:
+        parse_options([bad])
+    assert "\n" not in str(exc.value)
+
+
+@given(st.text(max_size=40))
+def test_arbitrary_text_parses_or_raises_option_error(text: str) -> None:
+    try:
+        parse_options([text])
+    except OptionError as exc:
+        assert "\n" not in str(exc)
+
+
+def test_options_file() -> None:
+    text = "# comment\nthreads=3\n\n allow_other  # trailing\nnofail,_netdev\n"
+    assert read_options_file(text) == ["threads=3", "allow_other", "nofail,_netdev"]
+    o = parse_options(read_options_file(text))
+    assert o.threads == 3 and o.allow_other
+
+
+def test_every_option_has_doc_and_valid_default() -> None:
+    for spec in OPTIONS:
+        assert spec.doc and "\n" not in spec.doc
+        assert getattr(MountOptions(), spec.name) == spec.default
