@@ -16,7 +16,9 @@ from zcachefs.options import (
 
 
 def test_defaults() -> None:
-    assert parse_options([]) == MountOptions()
+    o = parse_options([], ram=1 << 30)
+    assert (o.memlimit, o.cache_size, o.page_size, o.compressor) == (
+        (1 << 30) // 10, 64 << 20, 4096, "lz4")
 
 
 def test_values_and_flags() -> None:
@@ -32,13 +34,18 @@ def test_allow_other_implies_default_permissions() -> None:
 
 def test_generic_flags_dropped() -> None:
     o = parse_options(["defaults,nofail,_netdev,auto,noauto,user,users,rw,x-systemd.idle=1"])
-    assert o == MountOptions()
+    assert o == parse_options([])
 
 
 @pytest.mark.parametrize("bad", ["nope", "threads", "threads=", "threads=-1", "threads=1e3",
                                  "threads=99999", "attr_timeout=nan", "attr_timeout=inf",
                                  "entry_timeout=x", "debug=maybe", "fsname", "max_read=0",
-                                 "blksize=-4", "threads=\x00", "ünïcode=1"])
+                                 "blksize=-4", "threads=\x00", "ünïcode=1", "memlimit=-1",
+                                 "memlimit=1Q", "memlimit=2T", "memlimit=101%", "memlimit=",
+                                 "cache_size=0", "page_size=3000", "page_size=128K",
+                                 "compressor=zstd", "threshold=0", "threshold=5000",
+                                 "accept_threshold_percent=0", "control=a/b", "control=..",
+                                 "memlimit=1_000", "memlimit=nan%"])
 def test_bad_options_raise_one_line(bad: str) -> None:
     with pytest.raises(OptionError) as exc:
         parse_options([bad])
@@ -60,7 +67,16 @@ def test_options_file() -> None:
     assert o.threads == 3 and o.allow_other
 
 
-def test_every_option_has_doc_and_valid_default() -> None:
+def test_every_option_has_doc_and_is_a_field() -> None:
+    fields = set(MountOptions.__dataclass_fields__)
     for spec in OPTIONS:
         assert spec.doc and "\n" not in spec.doc
-        assert getattr(MountOptions(), spec.name) == spec.default
+        assert spec.name in fields
+
+
+def test_sizes_resolve_against_usable_ram() -> None:
+    o = parse_options(["memlimit=25%,cache_size=1M"], ram=8 << 30)
+    assert o.memlimit == 2 << 30 and o.cache_size == 1 << 20 and o.threshold == 2048
+    o = parse_options(["page_size=64K,threshold=25%"], ram=8 << 30)
+    assert o.page_size == 65536 and o.threshold == 16384
+    assert parse_options([], ram=10 << 30).memlimit == 1 << 30  # 10%, as zcache

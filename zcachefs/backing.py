@@ -357,6 +357,14 @@ class Backing:
             names = [b".", b"..", *(os.fsencode(e.name) for e in it)]
         return names, os.stat("..", dir_fd=fd, follow_symlinks=False).st_ino
 
+    @staticmethod
+    def read_pages(fd: int, offset: int, length: int) -> bytes:
+        """Read for the cache, then drop the range from the kernel's page cache of the
+        backing file: the daemon keeps its own copy, one budget bounds both."""
+        data = os.pread(fd, length, offset)
+        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+        return data
+
     def access(self, ref: Ref, mode: int) -> bool:
         with self.fd(ref) as fd:
             if not os.access(proc_path(fd), mode):

@@ -55,8 +55,11 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, UnicodeDecodeError) as exc:
             print(f"zcachefs: cannot read {args.options_file}: {exc}", file=sys.stderr)
             return 2
+    from .memory import usable_ram
+
+    ram = usable_ram()
     try:
-        opts = parse_options(groups)
+        opts = parse_options(groups, ram)
     except OptionError as exc:
         print(f"zcachefs: {exc}", file=sys.stderr)
         return 2
@@ -67,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     from .mount import MountError, run  # pyfuse3 is loaded only to mount
 
     try:
-        return run(args.source, args.mountpoint, opts, args.foreground)
+        return run(args.source, args.mountpoint, opts, args.foreground, ram)
     except MountError as exc:
         print(f"zcachefs: {exc}", file=sys.stderr)
         return 1

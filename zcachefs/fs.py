@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import logging
 import os
 import stat as stat_mod
@@ -30,9 +31,11 @@ import pyfuse3
 import trio
 from pyfuse3 import FUSEError
 
-from . import backing
+from . import backing, pool
 from .backing import Backing, Caller
-from .inodes import Inode, InodeTable, Ref
+from .cache import Cache, FileState
+from .control import ControlError, Controls, ReadOnly, UnknownName
+from .inodes import CONTROL_BASE, ROOT_NODEID, Inode, InodeTable, Ref
 from .options import MountOptions
 
 log = logging.getLogger(__name__)
@@ -43,11 +46,29 @@ T = TypeVar("T")
 _READDIR_BATCH = 128
 
 
+# Pages compressed per worker call by the background compressor: 64 x 4 KiB at ~180k
+# pages/s (lz4) is ~0.4 ms of work, so the thread hop (~50 us) costs little.
+_COMPRESS_BATCH = 64
+# Pool entries evicted per shrink step before yielding to requests.
+_SHRINK_BATCH = 512
+_CTL_DIR = CONTROL_BASE
+_CTL_FH = 1 << 40  # control-file handles count from here (real fds are far below)
+_XATTR_PREFIX = "user.zcachefs."
+
+
 @dataclass(slots=True)
 class FileHandle:
     fd: int
     inode: Inode
-    nowait: bool  # try RWF_NOWAIT reads on the trio thread
+    state: FileState  # the file's cache state (writes must invalidate, even uncached)
+    cached: bool  # reads go through the daemon's tiers
+    nowait: bool  # uncached: try RWF_NOWAIT reads on the trio thread
+
+
+@dataclass(slots=True)
+class CtlHandle:
+    name: str
+    content: bytes  # snapshot taken at open, so a sequential read is consistent
 
 
 @dataclass(slots=True)
@@ -66,16 +87,32 @@ def _pread(fd: int, size: int, off: int) -> bytes:
     return os.pread(fd, size, off)
 
 
+def _compress_batch(codec: Any, threshold: int, batch: list[Any]) -> list[Any]:
+    """Worker thread: compress pending pages (lz4/lzo release the GIL)."""
+    return [(p, pool.compress_page(codec, p.data, threshold)) for p in batch]
+
+
 class Operations(pyfuse3.Operations):
     """zcachefs as a pyfuse3 file system (passthrough to SOURCE)."""
 
     supports_dot_lookup = False
     enable_writeback_cache = False  # writes go through: fsync means durable
 
-    def __init__(self, root_fd: int, opts: MountOptions) -> None:
+    def __init__(self, root_fd: int, opts: MountOptions, ram: int = 1 << 30) -> None:
         super().__init__()
         st = os.fstat(root_fd)
         self.opts = opts
+        self.page_size = opts.page_size
+        self.cache = Cache(opts.page_size, opts.cache_size, opts.memlimit, opts.threshold,
+                           opts.compressor, opts.accept_threshold_percent)
+        self.controls = Controls(self.cache, ram, self.wake_background)
+        self.ctl_name = opts.control.encode()
+        self.ctl_names = Controls.names()
+        self.ctl_handles: dict[int, CtlHandle] = {}
+        self._ctl_fh = itertools.count(_CTL_FH)
+        self.owner = os.geteuid()
+        self.started = time.time_ns()
+        self._wakeup: trio.Event | None = None
         self.enable_acl = opts.default_permissions
         self.backing = Backing(root_fd)
         self.inodes = InodeTable(self.backing.root_ref, st.st_dev, st.st_ino, st.st_mode)
@@ -117,8 +154,94 @@ class Operations(pyfuse3.Operations):
     def _inode(self, nodeid: int) -> Inode:
         inode = self.inodes.get(nodeid)
         if inode is None:
-            raise FUSEError(errno.ESTALE)
+            raise FUSEError(errno.EPERM if nodeid >= CONTROL_BASE else errno.ESTALE)
         return inode
+
+    def _parent(self, nodeid: int, name: bytes) -> Inode:
+        """The parent directory of an entry being created, removed or renamed; the
+        control directory and its name in the root are not SOURCE's to change."""
+        if nodeid == ROOT_NODEID and name == self.ctl_name:
+            raise FUSEError(errno.EPERM)
+        return self._inode(nodeid)
+
+    # -- the control directory (virtual; never reaches SOURCE) ----------------------
+
+    def _ctl_attr(self, nodeid: int) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = cast(pyfuse3.InodeT, nodeid)
+        if nodeid == _CTL_DIR:
+            a.st_mode = cast(pyfuse3.ModeT, stat_mod.S_IFDIR | 0o755)
+            a.st_nlink = 2
+        else:
+            name = self.ctl_names[nodeid - _CTL_DIR - 1]
+            mode = 0o644 if Controls.writable(name) else 0o444
+            a.st_mode = cast(pyfuse3.ModeT, stat_mod.S_IFREG | mode)
+            a.st_nlink = 1
+            a.st_size = 4096  # read with direct_io: the size is only a hint
+        a.st_uid = self.owner
+        a.st_gid = os.getegid()
+        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = self.started
+        a.attr_timeout = a.entry_timeout = 1.0
+        return a
+
+    def _ctl_lookup(self, name: bytes) -> pyfuse3.EntryAttributes:
+        try:
+            i = self.ctl_names.index(name.decode())
+        except (ValueError, UnicodeDecodeError):
+            raise FUSEError(errno.ENOENT) from None
+        return self._ctl_attr(_CTL_DIR + 1 + i)
+
+    def _ctl_open(self, nodeid: int, flags: int, ctx: pyfuse3.RequestContext
+                  ) -> pyfuse3.FileInfo:
+        name = self.ctl_names[nodeid - _CTL_DIR - 1]
+        if flags & os.O_ACCMODE != os.O_RDONLY:
+            if not Controls.writable(name):
+                raise FUSEError(errno.EACCES)
+            if ctx.uid not in (0, self.owner):
+                raise FUSEError(errno.EACCES)
+        fh = next(self._ctl_fh)
+        content = self.controls.read(name).encode() if flags & os.O_ACCMODE != os.O_WRONLY \
+            else b""
+        self.ctl_handles[fh] = CtlHandle(name, content)
+        return pyfuse3.FileInfo(fh=cast(pyfuse3.FileHandleT, fh), direct_io=True,
+                                keep_cache=False, nonseekable=False)
+
+    def _ctl_xattr_name(self, inode: int, name: bytes) -> str:
+        """The knob or counter an xattr name on the control directory refers to."""
+        text = name.decode(errors="replace")
+        if inode != _CTL_DIR or not text.startswith(_XATTR_PREFIX):
+            raise FUSEError(pyfuse3.ENOATTR)
+        key = text[len(_XATTR_PREFIX):]
+        if "." in key or not Controls.exists(key):
+            raise FUSEError(pyfuse3.ENOATTR)
+        return key
+
+    def _ctl_getxattr(self, inode: int, name: bytes) -> bytes:
+        key = self._ctl_xattr_name(inode, name)
+        return self.controls.read(key).rstrip("\n").encode()
+
+    def _ctl_setxattr(self, inode: int, name: bytes, value: bytes,
+                      ctx: pyfuse3.RequestContext) -> None:
+        key = self._ctl_xattr_name(inode, name)
+        if not Controls.writable(key):
+            raise FUSEError(errno.EROFS)
+        if ctx.uid not in (0, self.owner):
+            raise FUSEError(errno.EPERM)
+        try:
+            self.controls.write(key, value)
+        except ControlError as exc:
+            log.warning("control: rejected %s%s: %s", _XATTR_PREFIX, key, exc)
+            raise FUSEError(errno.EINVAL) from None
+
+    def _ctl_write(self, handle: CtlHandle, buf: bytes) -> int:
+        try:
+            self.controls.write(handle.name, buf)
+        except ControlError as exc:
+            log.warning("control: rejected write to %s: %s", handle.name, exc)
+            raise FUSEError(errno.EINVAL) from None
+        except (ReadOnly, UnknownName):
+            raise FUSEError(errno.EACCES) from None
+        return len(buf)
 
     def _attr(self, inode: Inode, st: os.stat_result) -> pyfuse3.EntryAttributes:
         a = pyfuse3.EntryAttributes()
@@ -150,6 +273,31 @@ class Operations(pyfuse3.Operations):
         if fd is not None:
             os.close(fd)
 
+    def wake_background(self) -> None:
+        """Ask the background task to compress pending pages / shrink the pool."""
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    async def run_background(self) -> None:
+        """Compress pages evicted from tier 1 in worker threads and keep the pool in
+        its limit, in bounded batches; runs until cancelled."""
+        cache = self.cache
+        while True:
+            self._wakeup = trio.Event()
+            if not cache.pending and not cache.pool.needs_shrink:
+                await self._wakeup.wait()
+                continue
+            batch = cache.take_pending(_COMPRESS_BATCH)
+            if batch:
+                codec, threshold = cache.codec, cache.pool.threshold
+                done = await trio.to_thread.run_sync(
+                    _compress_batch, codec, threshold, batch, limiter=self.limiter)
+                cache.admit(done)
+            while cache.pool.needs_shrink:
+                cache.pool.shrink(_SHRINK_BATCH)
+                await trio.lowlevel.checkpoint()
+            await trio.lowlevel.checkpoint()
+
     def close_all(self) -> None:
         """Close every descriptor (after the session has ended)."""
         for fd in [*self.files, *self.dirs, *self.inodes.held_fds()]:
@@ -158,11 +306,16 @@ class Operations(pyfuse3.Operations):
         self.files.clear()
         self.dirs.clear()
         self.backing.close()
+        self.cache.pool.close()
 
     # -- names ---------------------------------------------------------------------
 
     async def lookup(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT,
                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        if parent_inode == ROOT_NODEID and name == self.ctl_name:
+            return self._ctl_attr(_CTL_DIR)
+        if parent_inode == _CTL_DIR:
+            return self._ctl_lookup(name)
         parent = self._inode(parent_inode)
         if name == b"." or (name == b".." and parent is self.inodes.root):
             name = cast(pyfuse3.FileNameT, b".")
@@ -171,12 +324,16 @@ class Operations(pyfuse3.Operations):
 
     async def forget(self, inode_list: Sequence[tuple[pyfuse3.InodeT, int]]) -> None:
         for nodeid, count in inode_list:
+            if nodeid >= CONTROL_BASE and nodeid < CONTROL_BASE + 1 + len(self.ctl_names):
+                continue
             fd = self.inodes.forget(nodeid, count)
             if fd is not None:
                 os.close(fd)
 
     async def getattr(self, inode: pyfuse3.InodeT,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        if _CTL_DIR <= inode <= _CTL_DIR + len(self.ctl_names):
+            return self._ctl_attr(inode)
         node = self._inode(inode)
         st = await self._run(None, self.backing.stat, node.ref)
         return self._attr(node, st)
@@ -184,20 +341,32 @@ class Operations(pyfuse3.Operations):
     async def setattr(self, inode: pyfuse3.InodeT, attr: pyfuse3.EntryAttributes,
                       fields: pyfuse3.SetattrFields, fh: pyfuse3.FileHandleT | None,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        if _CTL_DIR < inode <= _CTL_DIR + len(self.ctl_names):
+            if fields.update_mode or fields.update_uid or fields.update_gid:
+                raise FUSEError(errno.EPERM)
+            return self._ctl_attr(inode)  # O_TRUNC of a control file: nothing to do
         node = self._inode(inode)
         handle = self.files.get(fh) if fh is not None else None
         times: tuple[int, int] | None = None
         if fields.update_atime or fields.update_mtime:
             times = (attr.st_atime_ns if fields.update_atime else -1,
                      attr.st_mtime_ns if fields.update_mtime else -1)
-        node.sig = None
-        st = await self._run(
-            _caller(ctx), self.backing.setattr, node.ref,
-            handle.fd if handle is not None else None,
-            attr.st_mode if fields.update_mode else None,
-            attr.st_uid if fields.update_uid else -1,
-            attr.st_gid if fields.update_gid else -1,
-            attr.st_size if fields.update_size else None, times)
+        size = attr.st_size if fields.update_size else None
+        state = self.cache.file(node.identity) if size is not None else None
+        if state is not None:
+            self.cache.changing(state)
+            self.cache.truncate(state, size)  # type: ignore[arg-type]
+        try:
+            st = await self._run(
+                _caller(ctx), self.backing.setattr, node.ref,
+                handle.fd if handle is not None else None,
+                attr.st_mode if fields.update_mode else None,
+                attr.st_uid if fields.update_uid else -1,
+                attr.st_gid if fields.update_gid else -1, size, times)
+        finally:
+            if state is not None:
+                self.cache.changing(state)
+                self.cache.truncate(state, size)  # type: ignore[arg-type]
         return self._attr(node, st)
 
     async def readlink(self, inode: pyfuse3.InodeT,
@@ -208,21 +377,21 @@ class Operations(pyfuse3.Operations):
     async def mknod(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT,
                     mode: int, rdev: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        parent = self._inode(parent_inode)
+        parent = self._parent(parent_inode, name)
         ref, st = await self._run(_caller(ctx), self.backing.mknod, parent.ref, name, mode,
                                   rdev)
         return self._remember(ref, st)
 
     async def mkdir(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT,
                     mode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        parent = self._inode(parent_inode)
+        parent = self._parent(parent_inode, name)
         ref, st = await self._run(_caller(ctx), self.backing.mkdir, parent.ref, name, mode)
         return self._remember(ref, st)
 
     async def symlink(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT,
                       target: pyfuse3.FileNameT,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
-        parent = self._inode(parent_inode)
+        parent = self._parent(parent_inode, name)
         ref, st = await self._run(_caller(ctx), self.backing.symlink, parent.ref, name,
                                   target)
         return self._remember(ref, st)
@@ -231,26 +400,26 @@ class Operations(pyfuse3.Operations):
                    new_name: pyfuse3.FileNameT,
                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         node = self._inode(inode)
-        parent = self._inode(new_parent_inode)
+        parent = self._parent(new_parent_inode, new_name)
         ref, st = await self._run(_caller(ctx), self.backing.link, node.ref, parent.ref,
                                   new_name)
         return self._remember(ref, st)
 
     async def unlink(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT,
                      ctx: pyfuse3.RequestContext) -> None:
-        parent = self._inode(parent_inode)
+        parent = self._parent(parent_inode, name)
         await self._run(_caller(ctx), self.backing.unlink, parent.ref, name)
 
     async def rmdir(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT,
                     ctx: pyfuse3.RequestContext) -> None:
-        parent = self._inode(parent_inode)
+        parent = self._parent(parent_inode, name)
         await self._run(_caller(ctx), self.backing.rmdir, parent.ref, name)
 
     async def rename(self, parent_inode_old: pyfuse3.InodeT, name_old: pyfuse3.FileNameT,
                      parent_inode_new: pyfuse3.InodeT, name_new: pyfuse3.FileNameT,
                      flags: pyfuse3.FlagT, ctx: pyfuse3.RequestContext) -> None:
-        old = self._inode(parent_inode_old)
-        new = self._inode(parent_inode_new)
+        old = self._parent(parent_inode_old, name_old)
+        new = self._parent(parent_inode_new, name_new)
         await self._run(_caller(ctx), self.backing.rename, old.ref, name_old, new.ref,
                         name_new, int(flags))
 
@@ -258,17 +427,21 @@ class Operations(pyfuse3.Operations):
 
     def _file_info(self, fd: int, node: Inode, flags: int,
                    st: os.stat_result) -> pyfuse3.FileInfo:
-        """Register an open file; keep the kernel's page cache only if the file is
-        unchanged since the last open (close-to-open consistency, like auto_cache)."""
-        sig = (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-        keep = node.sig == sig and not flags & (os.O_DIRECT | os.O_TRUNC)
-        node.sig = sig
-        self.files[fd] = FileHandle(fd, node, nowait=not self._delay)
+        """Register an open file. The kernel's page cache and ours are kept only if the
+        file is unchanged since the last open (close-to-open consistency)."""
+        state = self.cache.file(node.identity)
+        keep = self.cache.opened(state, (st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+        direct = bool(flags & os.O_DIRECT)
+        cached = not direct and stat_mod.S_ISREG(st.st_mode)
+        self.files[fd] = FileHandle(fd, node, state, cached, nowait=not self._delay)
         return pyfuse3.FileInfo(fh=cast(pyfuse3.FileHandleT, fd),
-                                direct_io=bool(flags & os.O_DIRECT), keep_cache=keep)
+                                direct_io=direct or self.opts.direct_io,
+                                keep_cache=keep and not flags & os.O_TRUNC)
 
     async def open(self, inode: pyfuse3.InodeT, flags: int,
                    ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        if _CTL_DIR < inode <= _CTL_DIR + len(self.ctl_names):
+            return self._ctl_open(inode, flags, ctx)
         node = self._inode(inode)
         fd, st = await self._run(_caller(ctx), self.backing.open, node.ref, flags)
         return self._file_info(fd, node, flags, st)
@@ -276,14 +449,48 @@ class Operations(pyfuse3.Operations):
     async def create(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT,
                      mode: int, flags: int, ctx: pyfuse3.RequestContext
                      ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        parent = self._inode(parent_inode)
+        parent = self._parent(parent_inode, name)
         fd, ref, st = await self._run(_caller(ctx), self.backing.create, parent.ref, name,
                                       mode, flags)
         attr = self._remember(ref, st)
         return self._file_info(fd, self._inode(attr.st_ino), flags, st), attr
 
     async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
-        handle = self.files[fh]
+        handle = self.files.get(fh)
+        if handle is None:
+            ctl = self.ctl_handles[fh]
+            return ctl.content[off:off + size]
+        if handle.cached:
+            # The hit path: no await, no thread, a dict lookup per page.
+            ps = self.page_size
+            first = off // ps
+            last = (off + size - 1) // ps
+            fid = handle.state.fid
+            get = self.cache.get
+            if first == last:
+                page = get(fid, first)
+                if page is not None:
+                    if self.cache.pending:
+                        self.wake_background()
+                    start = off - first * ps
+                    return page if start == 0 and size >= len(page) else \
+                        page[start:start + size]
+                found: list[bytes] = []
+            else:
+                found = []
+                for index in range(first, last + 1):
+                    page = get(fid, index)
+                    if page is None:
+                        break
+                    found.append(page)
+                    if len(page) < ps:  # end of file
+                        break
+                if self.cache.pending:
+                    self.wake_background()
+                if len(found) == last - first + 1 or (found and len(found[-1]) < ps):
+                    start = off - first * ps
+                    return b"".join(found)[start:start + size]
+            return await self._read_miss(handle, off, size, first + len(found), last, found)
         if handle.nowait:
             buf = bytearray(size)
             try:
@@ -299,19 +506,53 @@ class Operations(pyfuse3.Operations):
                 return buf  # type: ignore[return-value]  # any buffer will do
         return await self._run(None, _pread, handle.fd, size, off)
 
+    async def _read_miss(self, handle: FileHandle, off: int, size: int, first: int,
+                         last: int, found: list[bytes]) -> bytes:
+        """Read pages first..last from the backing file, cache them, answer."""
+        ps = self.page_size
+        state = handle.state
+        version = state.version
+        data = await self._run(None, Backing.read_pages, handle.fd, first * ps,
+                               (last - first + 1) * ps)
+        cache = self.cache
+        cache.c.backing_reads += 1
+        cache.c.backing_read_bytes += len(data)
+        cache.fill(state, first, [data[i:i + ps] for i in range(0, len(data), ps)], version)
+        if cache.pending:
+            self.wake_background()
+        start = off - (first - len(found)) * ps
+        if found:
+            data = b"".join(found) + data
+        return data[start:start + size]
+
     async def write(self, fh: pyfuse3.FileHandleT, off: int, buf: bytes) -> int:
-        handle = self.files[fh]
-        handle.inode.sig = None  # the mtime moves; our own write is no outside change
-        return await self._run(None, os.pwrite, handle.fd, buf, off)
+        handle = self.files.get(fh)
+        if handle is None:
+            return self._ctl_write(self.ctl_handles[fh], buf)
+        # Drop what the write makes stale before and after it, and move the version
+        # so a read that overlaps the write does not cache what it read.
+        cache, state = self.cache, handle.state
+        cache.changing(state)
+        cache.invalidate_range(state, off, len(buf))
+        try:
+            return await self._run(None, os.pwrite, handle.fd, buf, off)
+        finally:
+            cache.changing(state)
+            cache.invalidate_range(state, off, len(buf))
 
     async def flush(self, fh: pyfuse3.FileHandleT) -> None:
         return None  # writes are already in the backing file; nothing is buffered
 
     async def fsync(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
-        handle = self.files[fh]
+        handle = self.files.get(fh)
+        if handle is None:
+            return
         await self._run(None, os.fdatasync if datasync else os.fsync, handle.fd)
 
     async def release(self, fh: pyfuse3.FileHandleT) -> None:
+        if fh >= _CTL_FH:
+            self.ctl_handles.pop(fh, None)
+            return
         handle = self.files.pop(fh, None)
         if handle is not None:
             await self._run(None, os.close, handle.fd)
@@ -320,6 +561,8 @@ class Operations(pyfuse3.Operations):
 
     async def opendir(self, inode: pyfuse3.InodeT,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.FileHandleT:
+        if inode == _CTL_DIR:
+            return cast(pyfuse3.FileHandleT, _CTL_FH - 1)
         node = self._inode(inode)
         fd = await self._run(_caller(ctx), self.backing.opendir, node.ref)
         self.dirs[fd] = DirHandle(fd, node)
@@ -327,11 +570,20 @@ class Operations(pyfuse3.Operations):
 
     async def readdir(self, fh: pyfuse3.FileHandleT, start_id: int,
                       token: pyfuse3.ReaddirToken) -> None:
+        if fh == _CTL_FH - 1:
+            for i in range(start_id, len(self.ctl_names)):
+                if not pyfuse3.readdir_reply(
+                        token, cast(pyfuse3.FileNameT, self.ctl_names[i].encode()),
+                        self._ctl_attr(_CTL_DIR + 1 + i), i + 1):
+                    return
+            return
         handle = self.dirs[fh]
         if start_id == 0 or handle.entries is None:
             # A fresh listing at offset 0 (first call or rewinddir); later offsets index
             # this snapshot, so they stay stable while the directory changes.
             handle.entries, handle.dots = await self._run(None, Backing.list_dir, handle.fd)
+            if handle.inode is self.inodes.root and self.ctl_name in handle.entries:
+                handle.entries.remove(self.ctl_name)  # shadowed by the control directory
         entries = handle.entries
         pos = start_id
         while pos < 2:  # "." and "..": the kernel counts no lookups for these
@@ -364,11 +616,15 @@ class Operations(pyfuse3.Operations):
         return a
 
     async def releasedir(self, fh: pyfuse3.FileHandleT) -> None:
+        if fh == _CTL_FH - 1:
+            return
         handle = self.dirs.pop(fh, None)
         if handle is not None:
             os.close(handle.fd)
 
     async def fsyncdir(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
+        if fh == _CTL_FH - 1:
+            return
         handle = self.dirs[fh]
         await self._run(None, os.fsync, handle.fd)
 
@@ -387,23 +643,37 @@ class Operations(pyfuse3.Operations):
         node = self._inode(inode)
         return await self._run(_caller(ctx), self.backing.access, node.ref, mode)
 
+    def _is_ctl(self, nodeid: int) -> bool:
+        return _CTL_DIR <= nodeid <= _CTL_DIR + len(self.ctl_names)
+
     async def getxattr(self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT,
                        ctx: pyfuse3.RequestContext) -> bytes:
+        if self._is_ctl(inode):
+            return self._ctl_getxattr(inode, name)
         node = self._inode(inode)
         return await self._run(_caller(ctx), self.backing.getxattr, node.ref, name)
 
     async def setxattr(self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT, value: bytes,
                        ctx: pyfuse3.RequestContext) -> None:
+        if self._is_ctl(inode):
+            return self._ctl_setxattr(inode, name, value, ctx)
         node = self._inode(inode)
         await self._run(_caller(ctx), self.backing.setxattr, node.ref, name, value)
 
     async def listxattr(self, inode: pyfuse3.InodeT,
                         ctx: pyfuse3.RequestContext) -> Sequence[pyfuse3.XAttrNameT]:
+        if self._is_ctl(inode):
+            if inode != _CTL_DIR:
+                return []
+            return [cast(pyfuse3.XAttrNameT, f"{_XATTR_PREFIX}{n}".encode())
+                    for n in self.ctl_names if "." not in n]
         node = self._inode(inode)
         names = await self._run(_caller(ctx), self.backing.listxattr, node.ref)
         return [cast(pyfuse3.XAttrNameT, os.fsencode(n)) for n in names]
 
     async def removexattr(self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT,
                           ctx: pyfuse3.RequestContext) -> None:
+        if self._is_ctl(inode):
+            raise FUSEError(errno.EPERM)
         node = self._inode(inode)
         await self._run(_caller(ctx), self.backing.removexattr, node.ref, name)

@@ -25,6 +25,7 @@ import itertools
 from dataclasses import dataclass
 
 ROOT_NODEID = 1
+CONTROL_BASE = 1 << 62  # node ids from here on are the control files' (fs.py)
 _SYNTHETIC_BASE = 1 << 63
 
 
@@ -47,9 +48,12 @@ class Inode:
     ino: int
     mode: int  # file type bits only are relied upon (they never change)
     nlookup: int = 0
-    # (size, mtime_ns, ctime_ns) seen at the last open; None after our own changes.
-    # Matching at the next open means the kernel's page cache of the file is still good.
-    sig: tuple[int, int, int] | None = None
+
+    @property
+    def identity(self) -> bytes:
+        """Names the backing file for its whole life (the handle carries the inode
+        generation); (dev, ino) where the filesystem gives no handle."""
+        return self.ref.handle or b"%d:%d" % (self.dev, self.ino)
 
 
 class InodeTable:
@@ -87,7 +91,7 @@ class InodeTable:
         # New, or the number now names another file (the old one was deleted while the
         # kernel still knows it): never let the two share a node id.
         nodeid = ino if dev == self._root_dev and ino > ROOT_NODEID else 0
-        if nodeid == 0 or nodeid >= _SYNTHETIC_BASE or nodeid in self._by_id:
+        if nodeid == 0 or nodeid >= CONTROL_BASE or nodeid in self._by_id:
             nodeid = next(self._synthetic)
         inode = Inode(nodeid, ref, dev, ino, mode, nlookup=1)
         self._by_id[nodeid] = inode

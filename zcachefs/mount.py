@@ -66,7 +66,8 @@ def fuse_options(source: str, opts: MountOptions) -> set[str]:
     return out
 
 
-def run(source: str, mountpoint: str, opts: MountOptions, foreground: bool) -> int:
+def run(source: str, mountpoint: str, opts: MountOptions, foreground: bool,
+        ram: int = 1 << 30) -> int:
     """Mount and serve until unmounted or signalled; returns the exit status."""
     source = os.path.abspath(source)
     mountpoint = os.path.abspath(mountpoint)
@@ -80,7 +81,7 @@ def run(source: str, mountpoint: str, opts: MountOptions, foreground: bool) -> i
     logs.setup(opts.debug, daemon=not foreground)
     nofile = backing.raise_nofile_limit()
     os.umask(0)  # the kernel applied the caller's umask already
-    ops = Operations(root_fd, opts)
+    ops = Operations(root_fd, opts, ram)
     try:
         pyfuse3.init(ops, mountpoint, fuse_options(source, opts))
     except RuntimeError as exc:
@@ -89,8 +90,9 @@ def run(source: str, mountpoint: str, opts: MountOptions, foreground: bool) -> i
             os.write(report_fd, message.encode())
             os._exit(1)
         raise MountError(message) from None
-    log.info("mounted %s on %s (threads=%d, nofile=%d)", source, mountpoint,
-             opts.threads, nofile)
+    log.info("mounted %s on %s (memlimit=%d cache_size=%d page_size=%d compressor=%s "
+             "threads=%d nofile=%d)", source, mountpoint, opts.memlimit, opts.cache_size,
+             opts.page_size, opts.compressor, opts.threads, nofile)
     os.chdir("/")
     if report_fd is not None:
         os.write(report_fd, b"OK")
@@ -98,7 +100,7 @@ def run(source: str, mountpoint: str, opts: MountOptions, foreground: bool) -> i
         _detach_stdio()
     notify.notify("READY=1")
     try:
-        trio.run(_serve)
+        trio.run(_serve, ops)
     finally:
         notify.notify("STOPPING=1")
         pyfuse3.close(unmount=True)
@@ -108,9 +110,10 @@ def run(source: str, mountpoint: str, opts: MountOptions, foreground: bool) -> i
     return 0
 
 
-async def _serve() -> None:
+async def _serve(ops: Operations) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_watch_signals)
+        nursery.start_soon(ops.run_background)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
 

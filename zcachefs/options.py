@@ -63,6 +63,81 @@ def parse_int_range(lo: int, hi: int) -> Callable[[str], int]:
     return parse
 
 
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+@dataclass(frozen=True)
+class Size:
+    """A size as written: absolute bytes, or a percentage of usable RAM."""
+
+    nbytes: int | None = None
+    percent: float | None = None
+
+    def resolve(self, ram: int) -> int:
+        if self.percent is not None:
+            return int(ram * self.percent / 100)
+        assert self.nbytes is not None
+        return self.nbytes
+
+
+def parse_size(text: str) -> Size:
+    """Parse `4096`, `64K`, `512M`, `1.5G`, `2GiB` or `10%` (of usable RAM)."""
+    raw = text.strip()
+    low = raw.lower()
+    if low.endswith("%"):
+        try:
+            pct = float(low[:-1])
+        except ValueError:
+            raise ValueError(f"expected a size like 512M or 10%, got {text!r}") from None
+        if not 0 <= pct <= 100:
+            raise ValueError(f"a percentage must be between 0 and 100, got {text!r}")
+        return Size(percent=pct)
+    for suffix in ("ib", "b"):
+        if low.endswith(suffix) and len(low) > len(suffix):
+            low = low[: -len(suffix)]
+            break
+    unit = low[-1:] if low[-1:] in _UNITS and low[-1:] else ""
+    number = low[:-1] if unit else low
+    try:
+        if "_" in number:
+            raise ValueError
+        value = float(number) if "." in number else int(number, 10)
+    except ValueError:
+        raise ValueError(f"expected a size like 512M or 10%, got {text!r}") from None
+    nbytes = int(value * _UNITS[unit])
+    if value < 0 or nbytes < 0 or not nbytes == nbytes:
+        raise ValueError(f"a size cannot be negative, got {text!r}")
+    if nbytes > 1 << 50:
+        raise ValueError(f"size {text!r} is too large")
+    return Size(nbytes=nbytes)
+
+
+def parse_page_size(text: str) -> int:
+    """A power of two from 4 KiB to 64 KiB."""
+    size = parse_size(text)
+    n = size.nbytes
+    if n is None or n < 4096 or n > 65536 or n & (n - 1):
+        raise ValueError(f"page_size must be a power of two from 4K to 64K, got {text!r}")
+    return n
+
+
+def parse_percent(text: str) -> int:
+    return parse_int_range(1, 100)(text.strip().rstrip("%"))
+
+
+def parse_compressor(text: str) -> str:
+    from . import codecs
+
+    return codecs.get(text).name
+
+
+def parse_control_name(text: str) -> str:
+    name = text.strip()
+    if not name or name in (".", "..") or "/" in name or "\0" in name or len(name) > 255:
+        raise ValueError(f"not a valid file name: {text!r}")
+    return name
+
+
 def parse_seconds(text: str) -> float:
     """Parse a non-negative number of seconds (a kernel cache timeout)."""
     try:
@@ -86,6 +161,24 @@ class OptionSpec:
 
 
 OPTIONS: tuple[OptionSpec, ...] = (
+    OptionSpec("memlimit", parse_size, Size(percent=10.0),
+               "memory limit of the compressed pool (K/M/G or N% of usable RAM; "
+               "default 10%, as zcache)"),
+    OptionSpec("cache_size", parse_size, Size(nbytes=64 << 20),
+               "size of the uncompressed tier-1 page cache (K/M/G or N% of usable RAM)"),
+    OptionSpec("page_size", parse_page_size, 4096,
+               "cache page size: a power of two from 4K to 64K"),
+    OptionSpec("compressor", parse_compressor, "lz4",
+               "codec for the pool: lz4, lzo (LZO1X-1) or none"),
+    OptionSpec("threshold", parse_size, None,
+               "largest compressed page the pool keeps (bytes; default half a page)"),
+    OptionSpec("accept_threshold_percent", parse_percent, 90,
+               "once the pool is full, accept pages again only below this % of memlimit"),
+    OptionSpec("direct_io", parse_bool, False,
+               "serve reads only from the daemon (no kernel page cache); breaks mmap",
+               flag=True),
+    OptionSpec("control", parse_control_name, ".zcachefs",
+               "name of the virtual control directory in the mount's root"),
     OptionSpec("threads", parse_int_range(1, 1024), 16,
                "worker threads for blocking backing-store calls (trio CapacityLimiter size)"),
     OptionSpec("attr_timeout", parse_seconds, 1.0,
@@ -100,8 +193,16 @@ OPTION_BY_NAME = {spec.name: spec for spec in OPTIONS}
 
 @dataclass(frozen=True)
 class MountOptions:
-    """Everything a mount needs to know, parsed and validated."""
+    """Everything a mount needs to know, parsed and validated (sizes in bytes)."""
 
+    memlimit: int = 0
+    cache_size: int = 64 << 20
+    page_size: int = 4096
+    compressor: str = "lz4"
+    threshold: int = 2048
+    accept_threshold_percent: int = 90
+    direct_io: bool = False
+    control: str = ".zcachefs"
     threads: int = 16
     attr_timeout: float = 1.0
     entry_timeout: float = 1.0
@@ -138,8 +239,10 @@ def read_options_file(text: str) -> list[str]:
     return out
 
 
-def parse_options(groups: Iterable[str]) -> MountOptions:
-    """Parse the `-o` groups of a command line into MountOptions (or raise OptionError)."""
+def parse_options(groups: Iterable[str], ram: int = 1 << 30) -> MountOptions:
+    """Parse the `-o` groups of a command line into MountOptions (or raise OptionError).
+
+    `ram` is the memory the daemon can really use (percentages are of it)."""
     values: dict[str, Any] = {}
     fuse: set[str] = set()
     for item in split_options(groups):
@@ -174,8 +277,26 @@ def parse_options(groups: Iterable[str]) -> MountOptions:
     if "allow_other" in fuse:
         # Other users must get the kernel's permission checks (S3QL, mergerfs do this).
         fuse.add("default_permissions")
-    if "ro" in fuse and "rw" in fuse:  # pragma: no cover - rw is a generic flag
-        fuse.discard("rw")
+    page_size = values.get("page_size", 4096)
+    for name in ("memlimit", "cache_size"):
+        size = values.get(name, OPTION_BY_NAME[name].default)
+        nbytes = size.resolve(ram)
+        if nbytes > ram:
+            raise OptionError(f"bad value for option '{name}': {nbytes} bytes is more than "
+                              f"the usable RAM ({ram} bytes)")
+        values[name] = nbytes
+    if values["cache_size"] < page_size:
+        raise OptionError(f"bad value for option 'cache_size': must be at least one page "
+                          f"({page_size} bytes)")
+    threshold = values.pop("threshold", None)
+    if threshold is None:
+        values["threshold"] = page_size // 2
+    else:
+        nbytes = threshold.resolve(page_size)  # a percentage here is of the page
+        if not 0 < nbytes <= page_size:
+            raise OptionError(f"bad value for option 'threshold': must be between 1 and "
+                              f"page_size ({page_size}) bytes")
+        values["threshold"] = nbytes
     return dataclasses.replace(MountOptions(), fuse=frozenset(fuse), **values)
 
 
@@ -189,6 +310,13 @@ def options_help() -> str:
     """The zcachefs -o options as help text (used by --help and the README)."""
     lines = []
     for spec in OPTIONS:
-        default = "off" if spec.default is False else spec.default
-        lines.append(f"  {spec.name}={default!s:<8} {spec.doc}")
+        default = spec.default
+        if default is False:
+            default = "off"
+        elif isinstance(default, Size):
+            default = f"{default.percent:g}%" if default.percent is not None else (
+                f"{(default.nbytes or 0) >> 20}M")
+        elif default is None:
+            default = "page/2"
+        lines.append(f"  {spec.name + '=' + str(default):<30} {spec.doc}")
     return "\n".join(lines)

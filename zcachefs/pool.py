@@ -1,0 +1,349 @@
+"""Tier 2: the compressed pool of one mount, keyed by (file id, page index).
+
+The zcache design, finished: pages evicted from tier 1 are compressed and kept if they
+compress to at most `threshold` bytes; pages filled with one byte value (zero pages
+included) keep only that byte and are accepted even when the pool is full. Loads are
+exclusive (a hit frees the compressed copy). A newer store of a key replaces the older.
+
+Memory: compressed pages live in slabs (anonymous mmaps) split into slots of one size
+class each, the zsmalloc idea: a slab whose last object goes is unmapped, so freed pool
+memory returns to the operating system instead of fragmenting the malloc heap.
+`mem_used_total` = mapped slab bytes (slot rounding and free slots included) + a
+measured per-entry cost of the index (`ENTRY_OVERHEAD`).
+
+Limit and eviction: a store that would pass `memlimit` is refused and marks the pool
+full (pool_limit_hit); while full, stores are refused until the shrinker has evicted,
+in least-recently-stored order with a second chance for pages that were hit before,
+down to `accept_threshold_percent` of the limit (zswap's hysteresis). `shrink()` works
+in bounded batches so a caller never waits for a long shrink.
+
+Invariants (checked by tests after every operation):
+- mem_used_total == arena bytes + ENTRY_OVERHEAD * (stored + same-filled entries)
+- after a store returns True, mem_used_total <= memlimit (same-filled pages excepted:
+  they cost only their index entry)
+- a key is in `files` iff it is in `lru`
+
+Pure core: must not import pyfuse3, trio or psutil. Not thread-safe: one thread owns
+a pool; compression may happen elsewhere (see `compress_page`).
+"""
+
+from __future__ import annotations
+
+import mmap
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from . import codecs
+
+# Bytes of index per stored page: the _Entry (slots object), its key tuple, one slot in
+# the per-file dict and one OrderedDict node. Measured with tracemalloc on CPython 3.11
+# (tests/test_pool.py::test_entry_overhead_matches_tracemalloc checks it stays true).
+ENTRY_OVERHEAD = 304
+
+SLAB_BYTES = 256 * 1024  # 4,096 mappings per GiB of pool: far below vm.max_map_count
+
+
+@dataclass(frozen=True, slots=True)
+class Compressed:
+    """The result of `compress_page` (computed anywhere, admitted by the pool)."""
+
+    length: int  # uncompressed length of the page
+    codec: int  # codec id, or 0 for a same-filled page
+    blob: bytes  # compressed bytes; for a same-filled page, the one fill byte
+    poor: bool = False  # compressed above the threshold: not admitted
+
+
+def compress_page(codec: codecs.Codec, page: bytes, threshold: int) -> Compressed:
+    """Compress one page for the pool. Thread-safe; releases the GIL in the codec."""
+    first = page[:1]
+    if page.count(first) == len(page):
+        return Compressed(len(page), 0, first)
+    blob = codec.compress(page)
+    if codec.name == "none":
+        return Compressed(len(page), codec.id, blob)
+    return Compressed(len(page), codec.id, blob, poor=len(blob) > threshold)
+
+
+class _Slab:
+    __slots__ = ("buf", "free", "size", "used")
+
+    def __init__(self, size: int, nbytes: int) -> None:
+        self.buf = mmap.mmap(-1, nbytes)
+        self.size = size
+        self.free = list(range(nbytes // size - 1, -1, -1))
+        self.used = 0
+
+
+class SlabArena:
+    """Size-classed slots in anonymous mmaps; empty slabs are unmapped."""
+
+    def __init__(self, max_object: int, granularity: int = 64) -> None:
+        self.granularity = granularity
+        self.slab_bytes = max(SLAB_BYTES, 16 * max_object)
+        nclasses = (max_object + granularity - 1) // granularity
+        # Per class: slabs with at least one free slot (dict as an ordered set).
+        self._partial: list[dict[_Slab, None]] = [{} for _ in range(nclasses)]
+        self.bytes_total = 0
+        self.slabs = 0
+
+    def alloc(self, blob: bytes) -> tuple[_Slab, int]:
+        """Store blob in a free slot of its size class; returns (slab, slot)."""
+        cls = (len(blob) - 1) // self.granularity
+        partial = self._partial[cls]
+        if partial:
+            slab = next(reversed(partial))
+        else:
+            slab = _Slab((cls + 1) * self.granularity, self.slab_bytes)
+            partial[slab] = None
+            self.bytes_total += self.slab_bytes
+            self.slabs += 1
+        slot = slab.free.pop()
+        slab.used += 1
+        if not slab.free:
+            del partial[slab]
+        off = slot * slab.size
+        slab.buf[off:off + len(blob)] = blob
+        return slab, slot
+
+    def read(self, slab: _Slab, slot: int, length: int) -> bytes:
+        off = slot * slab.size
+        return slab.buf[off:off + length]
+
+    def free(self, slab: _Slab, slot: int) -> None:
+        partial = self._partial[(slab.size - 1) // self.granularity]
+        slab.free.append(slot)
+        slab.used -= 1
+        if slab.used == 0 and len(partial) > (0 if len(slab.free) == 1 else 1):
+            # Empty, and its class has another slab with room: give it back to the OS.
+            partial.pop(slab, None)
+            slab.buf.close()
+            self.bytes_total -= self.slab_bytes
+            self.slabs -= 1
+        elif len(slab.free) == 1:
+            partial[slab] = None
+
+    def close(self) -> None:
+        for partial in self._partial:
+            for slab in partial:
+                slab.buf.close()
+            partial.clear()
+        self.bytes_total = 0
+
+
+class _Entry:
+    __slots__ = ("codec", "length", "referenced", "size", "slab", "slot")
+
+    def __init__(self, length: int, codec: int, slab: _Slab | None, slot: int, size: int,
+                 referenced: bool) -> None:
+        self.length = length  # uncompressed bytes
+        self.codec = codec  # 0: same-filled, `slot` holds the fill byte
+        self.slab = slab
+        self.slot = slot
+        self.size = size  # compressed bytes
+        self.referenced = referenced
+
+
+@dataclass
+class PoolCounters:
+    """Event counters (zcache/zswap/cleancache names); reset by reset_stats."""
+
+    puts: int = 0
+    succ_gets: int = 0
+    failed_gets: int = 0
+    invalidates: int = 0
+    evicted_pages: int = 0
+    reject_compress_poor: int = 0
+    pool_limit_hit: int = 0
+    mem_used_max: int = 0
+
+
+class CompressedPool:
+    """See the module docstring."""
+
+    def __init__(self, page_size: int, memlimit: int, threshold: int,
+                 accept_threshold_percent: int = 90) -> None:
+        self.page_size = page_size
+        self.memlimit = memlimit
+        self.threshold = threshold
+        self.accept_threshold_percent = accept_threshold_percent
+        self.arena = SlabArena(page_size)
+        self.files: dict[int, dict[int, _Entry]] = {}
+        self.lru: OrderedDict[tuple[int, int], _Entry] = OrderedDict()
+        self.full = False
+        self.c = PoolCounters()
+        # Gauges (what the pool holds now), as zcache's sysfs files report them.
+        self.stored_pages = 0  # entries holding compressed data (not same-filled)
+        self.zero_pages = 0
+        self.same_filled_pages = 0
+        self.orig_data_size = 0  # uncompressed bytes of stored pages (zero pages excluded)
+        self.compr_data_size = 0  # compressed bytes of stored pages
+
+    # -- accounting ----------------------------------------------------------------
+
+    @property
+    def mem_used_total(self) -> int:
+        return self.arena.bytes_total + ENTRY_OVERHEAD * len(self.lru)
+
+    @property
+    def accept_level(self) -> int:
+        return self.memlimit * self.accept_threshold_percent // 100
+
+    @property
+    def needs_shrink(self) -> bool:
+        return self.mem_used_total > (self.accept_level if self.full else self.memlimit)
+
+    def _has_room(self, nbytes: int) -> bool:
+        used = self.mem_used_total
+        if self.full:
+            if used + nbytes > self.accept_level:
+                return False
+            self.full = False
+        if used + nbytes > self.memlimit:
+            self.full = True
+            self.c.pool_limit_hit += 1
+            return False
+        return True
+
+    # -- store / load --------------------------------------------------------------
+
+    def admit(self, fid: int, index: int, comp: Compressed, referenced: bool = False) -> bool:
+        """Store a compressed page (replacing any older copy); False if refused."""
+        self.c.puts += 1
+        key = (fid, index)
+        if key in self.lru:
+            self._drop(key)
+        if comp.poor:
+            self.c.reject_compress_poor += 1
+            return False
+        if comp.codec == 0:  # same-filled: only the index entry, accepted even if full
+            entry = _Entry(comp.length, 0, None, comp.blob[0], 0, referenced)
+            if comp.blob[0] == 0:
+                self.zero_pages += 1
+            else:
+                self.same_filled_pages += 1
+        else:
+            size = len(comp.blob)
+            slot_cost = -(-size // self.arena.granularity) * self.arena.granularity
+            if not self._has_room(slot_cost + ENTRY_OVERHEAD):
+                return False
+            slab, slot = self.arena.alloc(comp.blob)
+            entry = _Entry(comp.length, comp.codec, slab, slot, size, referenced)
+            self.stored_pages += 1
+            self.orig_data_size += comp.length
+            self.compr_data_size += size
+        self.files.setdefault(fid, {})[index] = entry
+        self.lru[key] = entry
+        used = self.mem_used_total
+        if used > self.c.mem_used_max:
+            self.c.mem_used_max = used
+        return True
+
+    def store(self, fid: int, index: int, page: bytes, codec: codecs.Codec,
+              referenced: bool = False) -> bool:
+        """Compress (here, on the calling thread) and admit one page."""
+        return self.admit(fid, index, compress_page(codec, page, self.threshold), referenced)
+
+    def load(self, fid: int, index: int) -> bytes | None:
+        """Exclusive get: the page, whose compressed copy is freed; None on a miss."""
+        pages = self.files.get(fid)
+        entry = pages.get(index) if pages is not None else None
+        if entry is None:
+            self.c.failed_gets += 1
+            return None
+        if entry.slab is None:
+            page = bytes((entry.slot,)) * entry.length
+        else:
+            blob = self.arena.read(entry.slab, entry.slot, entry.size)
+            page = codecs.BY_ID[entry.codec].decompress(blob, entry.length)
+        self._drop((fid, index))
+        self.c.succ_gets += 1
+        return page
+
+    def _drop(self, key: tuple[int, int]) -> None:
+        entry = self.lru.pop(key)
+        pages = self.files[key[0]]
+        del pages[key[1]]
+        if not pages:
+            del self.files[key[0]]
+        if entry.slab is None:
+            if entry.slot == 0:
+                self.zero_pages -= 1
+            else:
+                self.same_filled_pages -= 1
+        else:
+            self.arena.free(entry.slab, entry.slot)
+            self.stored_pages -= 1
+            self.orig_data_size -= entry.length
+            self.compr_data_size -= entry.size
+
+    # -- invalidation (cost proportional to the file's pages) ----------------------
+
+    def invalidate_file(self, fid: int) -> int:
+        pages = self.files.get(fid)
+        if not pages:
+            return 0
+        n = 0
+        for index in list(pages):
+            self._drop((fid, index))
+            n += 1
+        self.c.invalidates += n
+        return n
+
+    def invalidate_pages(self, fid: int, indexes: list[int]) -> int:
+        pages = self.files.get(fid)
+        if not pages:
+            return 0
+        n = 0
+        for index in indexes:
+            if index in pages:
+                self._drop((fid, index))
+                n += 1
+        self.c.invalidates += n
+        return n
+
+    def invalidate_from(self, fid: int, first: int) -> int:
+        pages = self.files.get(fid)
+        if not pages:
+            return 0
+        return self.invalidate_pages(fid, [i for i in pages if i >= first])
+
+    # -- eviction -------------------------------------------------------------------
+
+    def shrink(self, max_entries: int = 256) -> int:
+        """Evict up to max_entries in LRU order (second chance) while over target."""
+        evicted = 0
+        scanned = 0
+        lru = self.lru
+        while lru and scanned < 2 * max_entries and evicted < max_entries:
+            if not self.needs_shrink:
+                break
+            key, entry = next(iter(lru.items()))
+            scanned += 1
+            if entry.referenced:
+                entry.referenced = False
+                lru.move_to_end(key)
+                continue
+            self._drop(key)
+            evicted += 1
+        self.c.evicted_pages += evicted
+        if self.full and self.mem_used_total <= self.accept_level:
+            self.full = False
+        return evicted
+
+    def set_memlimit(self, memlimit: int) -> None:
+        """Change the limit; lowering it makes `needs_shrink` true until shrunk."""
+        self.memlimit = memlimit
+        if self.mem_used_total > memlimit:
+            self.full = True
+
+    def clear(self) -> int:
+        n = len(self.lru)
+        for key in list(self.lru):
+            self._drop(key)
+        self.c.invalidates += n
+        return n
+
+    def close(self) -> None:
+        self.files.clear()
+        self.lru.clear()
+        self.arena.close()
