@@ -32,15 +32,50 @@ test-fast: venv
 demo: venv
 	PATH=$(CURDIR)/$(BIN):$$PATH scripts/demo
 
-install: venv
-	$(PYTHON) -m pip install --break-system-packages --prefix $(PREFIX) . 2>/dev/null \
-	  || $(PYTHON) -m pip install --prefix $(PREFIX) .
-	install -D -m 0644 systemd/zcachefs@.service /etc/systemd/system/zcachefs@.service
-	install -d -m 0755 /etc/zcachefs
+# `make install` (as root) puts the package and its Python dependencies in a private
+# directory LIBDIR (pip --target: neither Debian's pip scheme nor the system's Python
+# packages matter), a `zcachefs` launcher in BINDIR, the systemd unit in UNITDIR and
+# the example config in CONFDIR. `make uninstall` removes exactly those (CONFDIR only
+# if no instance config is left in it). DESTDIR stages everything under another root
+# (packaging, tests); PIP_FLAGS adds pip options (e.g. --no-deps).
+DESTDIR   ?=
+BINDIR    ?= $(PREFIX)/bin
+LIBDIR    ?= $(PREFIX)/lib/zcachefs
+UNITDIR   ?= /etc/systemd/system
+CONFDIR   ?= /etc/zcachefs
+PIP_FLAGS ?=
+# The interpreter the launcher runs, as an absolute path (extension modules are built for it).
+INSTALL_PYTHON = $(shell $(PYTHON) -c 'import sys; print(sys.executable)')
+SYSTEMD_RELOAD = if [ -z '$(DESTDIR)' ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+CHECK_LIBDIR   = case '$(LIBDIR)' in /*/zcachefs) ;; *) echo "LIBDIR must be /.../zcachefs" >&2; exit 1;; esac
+
+install: $(if $(DESTDIR),,deps)
+	@$(CHECK_LIBDIR)
+	test -n '$(INSTALL_PYTHON)'
+	rm -rf '$(DESTDIR)$(LIBDIR).new'
+	$(PYTHON) -m pip install --quiet --root-user-action=ignore --no-warn-script-location \
+	  --target '$(DESTDIR)$(LIBDIR).new' $(PIP_FLAGS) .
+	rm -rf '$(DESTDIR)$(LIBDIR)'
+	mv '$(DESTDIR)$(LIBDIR).new' '$(DESTDIR)$(LIBDIR)'
+	install -d -m 0755 '$(DESTDIR)$(BINDIR)'
+	printf '#!%s -I\n# zcachefs launcher (make install); the package lives in %s\nimport sys\n\nsys.path.insert(0, "%s")\nfrom zcachefs.cli import main\n\nsys.exit(main())\n' \
+	  '$(INSTALL_PYTHON)' '$(LIBDIR)' '$(LIBDIR)' > '$(DESTDIR)$(BINDIR)/zcachefs'
+	chmod 0755 '$(DESTDIR)$(BINDIR)/zcachefs'
+	install -d -m 0755 '$(DESTDIR)$(UNITDIR)'
+	sed 's|/usr/local/bin/zcachefs|$(BINDIR)/zcachefs|g' systemd/zcachefs@.service \
+	  > '$(DESTDIR)$(UNITDIR)/zcachefs@.service'
+	chmod 0644 '$(DESTDIR)$(UNITDIR)/zcachefs@.service'
+	install -d -m 0755 '$(DESTDIR)$(CONFDIR)'
+	install -m 0644 systemd/zcachefs.conf.example '$(DESTDIR)$(CONFDIR)/zcachefs.conf.example'
+	@$(SYSTEMD_RELOAD)
 
 uninstall:
-	$(PYTHON) -m pip uninstall -y zcachefs 2>/dev/null || true
-	rm -f /etc/systemd/system/zcachefs@.service
+	@$(CHECK_LIBDIR)
+	rm -f '$(DESTDIR)$(UNITDIR)/zcachefs@.service' '$(DESTDIR)$(BINDIR)/zcachefs' \
+	  '$(DESTDIR)$(CONFDIR)/zcachefs.conf.example'
+	rm -rf '$(DESTDIR)$(LIBDIR)' '$(DESTDIR)$(LIBDIR).new'
+	rmdir '$(DESTDIR)$(CONFDIR)' 2>/dev/null || true
+	@$(SYSTEMD_RELOAD)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
