@@ -51,6 +51,7 @@ class CacheCounters:
     cache_misses: int = 0
     backing_reads: int = 0
     backing_read_bytes: int = 0
+    pressure_shrinks: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +231,18 @@ class Cache:
             self.pending.put(old, PendingPage(old, data, was))
             if len(self.pending) > MAX_PENDING:
                 self.compress_inline(len(self.pending) - MAX_PENDING)
+
+    def drop_oldest(self, pages: int) -> int:
+        """Under memory pressure: drop up to `pages` pages from pending and tier 1,
+        oldest first, without compressing them, and shrink tier 1 to what is left."""
+        dropped = 0
+        for tier in (self.pending, self.tier1):
+            while dropped < pages and len(tier):
+                key, _ = tier.pop_oldest()
+                self.promoted.discard(key)
+                dropped += 1
+        self.capacity = max(1, min(self.capacity, len(self.tier1)))
+        return dropped
 
     def set_compressor(self, name: str) -> None:
         self.codec = codecs.get(name)

@@ -40,23 +40,23 @@ class Codec:
 
 
 def _lz4_compress(page: bytes) -> bytes:
-    return lz4.block.compress(page, store_size=False)  # type: ignore[no-any-return]
+    return lz4.block.compress(page, store_size=False)
 
 
 def _lz4_decompress(blob: bytes, size: int) -> bytes:
     try:
-        return lz4.block.decompress(blob, uncompressed_size=size)  # type: ignore[no-any-return]
+        return lz4.block.decompress(blob, uncompressed_size=size)
     except lz4.block.LZ4BlockError as exc:
         raise CodecError(f"lz4: {exc}") from None
 
 
 def _lzo_compress(page: bytes) -> bytes:
-    return lzo.compress(page, 1, False)  # type: ignore[no-any-return]  # LZO1X-1, no header
+    return lzo.compress(page, 1, False)  # LZO1X-1, no header
 
 
 def _lzo_decompress(blob: bytes, size: int) -> bytes:
     try:
-        return lzo.decompress(blob, False, size)  # type: ignore[no-any-return]
+        return lzo.decompress(blob, False, size)
     except lzo.error as exc:
         raise CodecError(f"lzo: {exc}") from None
 

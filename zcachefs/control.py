@@ -137,7 +137,7 @@ class Controls:
 
     def __init__(self, cache: Cache, ram: int, on_change: Callable[[], None] = lambda: None
                  ) -> None:
-        self.cache = cache
+        self.cache: Cache = cache
         self.ram = ram
         self.on_change = on_change
 

@@ -581,9 +581,10 @@ class Operations(pyfuse3.Operations):
         if start_id == 0 or handle.entries is None:
             # A fresh listing at offset 0 (first call or rewinddir); later offsets index
             # this snapshot, so they stay stable while the directory changes.
-            handle.entries, handle.dots = await self._run(None, Backing.list_dir, handle.fd)
-            if handle.inode is self.inodes.root and self.ctl_name in handle.entries:
-                handle.entries.remove(self.ctl_name)  # shadowed by the control directory
+            listed, handle.dots = await self._run(None, Backing.list_dir, handle.fd)
+            if handle.inode is self.inodes.root and self.ctl_name in listed:
+                listed.remove(self.ctl_name)  # shadowed by the control directory
+            handle.entries = listed
         entries = handle.entries
         pos = start_id
         while pos < 2:  # "." and "..": the kernel counts no lookups for these

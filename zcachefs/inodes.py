@@ -64,10 +64,10 @@ class InodeTable:
         self._by_key: dict[tuple[int, int], Inode] = {}
         self._root_dev = root_dev
         self._synthetic = itertools.count(_SYNTHETIC_BASE)
-        root = Inode(ROOT_NODEID, root, root_dev, root_ino, root_mode, nlookup=1)
-        self._by_id[ROOT_NODEID] = root
-        self._by_key[(root_dev, root_ino)] = root
-        self.root = root
+        node = Inode(ROOT_NODEID, root, root_dev, root_ino, root_mode, nlookup=1)
+        self._by_id[ROOT_NODEID] = node
+        self._by_key[(root_dev, root_ino)] = node
+        self.root = node
 
     def __len__(self) -> int:
         return len(self._by_id)

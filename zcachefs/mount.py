@@ -24,6 +24,7 @@ import trio
 from . import backing, logs, notify
 from .fs import Operations
 from .options import MountOptions
+from .pressure import PressureWatcher
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,10 @@ async def _serve(ops: Operations) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_watch_signals)
         nursery.start_soon(ops.run_background)
+        if ops.opts.pressure:
+            watcher = PressureWatcher(ops.cache, ops.opts.min_free, ops.opts.pressure_psi,
+                                      ops.opts.pressure_interval, ops.wake_background)
+            nursery.start_soon(watcher.run)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
 

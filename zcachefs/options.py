@@ -177,6 +177,16 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("direct_io", parse_bool, False,
                "serve reads only from the daemon (no kernel page cache); breaks mmap",
                flag=True),
+    OptionSpec("pressure", parse_bool, True,
+               "shrink the pool and tier 1 when the system or the daemon's cgroup runs "
+               "short of memory (on/off)"),
+    OptionSpec("min_free", parse_size, Size(percent=5.0),
+               "memory to keep available (system MemAvailable and cgroup headroom); below "
+               "it the caches give memory back"),
+    OptionSpec("pressure_psi", parse_int_range(0, 100), 10,
+               "also shrink while PSI memory 'some avg10' is at least this % (0: ignore PSI)"),
+    OptionSpec("pressure_interval", parse_seconds, 0.2,
+               "seconds between memory-pressure checks"),
     OptionSpec("control", parse_control_name, ".zcachefs",
                "name of the virtual control directory in the mount's root"),
     OptionSpec("threads", parse_int_range(1, 1024), 16,
@@ -202,6 +212,10 @@ class MountOptions:
     threshold: int = 2048
     accept_threshold_percent: int = 90
     direct_io: bool = False
+    pressure: bool = True
+    min_free: int = 0
+    pressure_psi: int = 10
+    pressure_interval: float = 0.2
     control: str = ".zcachefs"
     threads: int = 16
     attr_timeout: float = 1.0
@@ -278,7 +292,7 @@ def parse_options(groups: Iterable[str], ram: int = 1 << 30) -> MountOptions:
         # Other users must get the kernel's permission checks (S3QL, mergerfs do this).
         fuse.add("default_permissions")
     page_size = values.get("page_size", 4096)
-    for name in ("memlimit", "cache_size"):
+    for name in ("memlimit", "cache_size", "min_free"):
         size = values.get(name, OPTION_BY_NAME[name].default)
         nbytes = size.resolve(ram)
         if nbytes > ram:

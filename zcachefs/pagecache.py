@@ -60,7 +60,7 @@ class Tier(Generic[V]):
 
     def oldest(self, n: int) -> list[tuple[Key, V]]:
         """Up to n least recently used items, without removing them."""
-        out = []
+        out: list[tuple[Key, V]] = []
         for item in self.items.items():
             if len(out) >= n:
                 break

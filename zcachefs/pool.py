@@ -19,8 +19,8 @@ in bounded batches so a caller never waits for a long shrink.
 
 Invariants (checked by tests after every operation):
 - mem_used_total == arena bytes + ENTRY_OVERHEAD * (stored + same-filled entries)
-- after a store returns True, mem_used_total <= memlimit (same-filled pages excepted:
-  they cost only their index entry)
+- after a store returns True, mem_used_total <= limit (= memlimit, or the lower
+  pressure cap; same-filled pages excepted: they cost only their index entry)
 - a key is in `files` iff it is in `lru`
 
 Pure core: must not import pyfuse3, trio or psutil. Not thread-safe: one thread owns
@@ -163,7 +163,10 @@ class CompressedPool:
     def __init__(self, page_size: int, memlimit: int, threshold: int,
                  accept_threshold_percent: int = 90) -> None:
         self.page_size = page_size
-        self.memlimit = memlimit
+        self.memlimit = memlimit  # as configured (the control knob)
+        # Lower cap set by the memory-pressure watcher (None: no pressure). The pool
+        # obeys min(memlimit, pressure_cap): it gives way to applications.
+        self.pressure_cap: int | None = None
         self.threshold = threshold
         self.accept_threshold_percent = accept_threshold_percent
         self.arena = SlabArena(page_size)
@@ -185,12 +188,18 @@ class CompressedPool:
         return self.arena.bytes_total + ENTRY_OVERHEAD * len(self.lru)
 
     @property
+    def limit(self) -> int:
+        """The limit in force: memlimit, or lower under memory pressure."""
+        cap = self.pressure_cap
+        return self.memlimit if cap is None or cap > self.memlimit else cap
+
+    @property
     def accept_level(self) -> int:
-        return self.memlimit * self.accept_threshold_percent // 100
+        return self.limit * self.accept_threshold_percent // 100
 
     @property
     def needs_shrink(self) -> bool:
-        return self.mem_used_total > (self.accept_level if self.full else self.memlimit)
+        return self.mem_used_total > (self.accept_level if self.full else self.limit)
 
     def _has_room(self, nbytes: int) -> bool:
         used = self.mem_used_total
@@ -198,7 +207,7 @@ class CompressedPool:
             if used + nbytes > self.accept_level:
                 return False
             self.full = False
-        if used + nbytes > self.memlimit:
+        if used + nbytes > self.limit:
             self.full = True
             self.c.pool_limit_hit += 1
             return False
@@ -333,7 +342,13 @@ class CompressedPool:
     def set_memlimit(self, memlimit: int) -> None:
         """Change the limit; lowering it makes `needs_shrink` true until shrunk."""
         self.memlimit = memlimit
-        if self.mem_used_total > memlimit:
+        if self.mem_used_total > self.limit:
+            self.full = True
+
+    def set_pressure_cap(self, cap: int | None) -> None:
+        """Cap the pool below memlimit while the system is short of memory."""
+        self.pressure_cap = cap
+        if self.mem_used_total > self.limit:
             self.full = True
 
     def clear(self) -> int:

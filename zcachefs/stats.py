@@ -33,7 +33,11 @@ COUNTERS: dict[str, tuple[str, str]] = {
                        "bytes the pool really uses: slab memory (slack included) + index "
                        "entries"),
     "mem_used_max": ("gauge", "highest mem_used_total since mount or reset_stats"),
-    "memlimit": ("gauge", "the pool's memory limit in bytes"),
+    "memlimit": ("gauge", "the pool's memory limit in bytes (as configured)"),
+    "memlimit_effective": ("gauge",
+                           "the limit in force: memlimit, or lower while under memory "
+                           "pressure"),
+    "pressure_shrinks": ("counter", "times memory pressure made the caches give memory back"),
     "cache_size": ("gauge", "tier-1 (uncompressed page cache) limit in bytes"),
     "cache_pages": ("gauge", "pages in tier 1, including those waiting for compression"),
     "hits": ("counter", "page lookups that found the page in the compressed pool"),
@@ -67,6 +71,8 @@ def snapshot(cache: Cache) -> Mapping[str, float]:
         "mem_used_total": used,
         "mem_used_max": max(pc.mem_used_max, used),
         "memlimit": pool.memlimit,
+        "memlimit_effective": pool.limit,
+        "pressure_shrinks": cc.pressure_shrinks,
         "cache_size": cache.capacity * cache.page_size,
         "cache_pages": len(cache.tier1) + len(cache.pending),
         "hits": pc.succ_gets,
