@@ -2,7 +2,11 @@
 comparing every byte, every listing and every errno (hypothesis stateful testing).
 
 One mount serves all examples (a fresh subdirectory per example), so the kernel's and
-the daemon's caches carry state from one step to the next, as in real use.
+the daemon's caches carry state from one step to the next, as in real use. It runs
+twice: with the defaults, and with a tiny memlimit and cache_size under direct_io so
+that every read reaches the daemon and pages are evicted and compressed constantly.
+Changes made behind the mount's back (to SOURCE directly) must be seen at the next
+open (attribute timeouts are 0 here, so the kernel asks again).
 """
 
 from __future__ import annotations
@@ -101,6 +105,19 @@ class PassthroughModel(RuleBasedStateMachine):
     def unlink(self, name: str) -> None:
         self.both(lambda root: os.unlink(root / name))
 
+    @rule(name=names, off=offsets, payload=data)
+    def outside_write(self, name: str, off: int, payload: bytes) -> None:
+        """Change SOURCE directly (not through the mount), as another program would."""
+        backing = self.mount.source / self.mnt.name
+
+        def op(root: Path) -> int:
+            fd = os.open(root / name, os.O_WRONLY)
+            try:
+                return os.pwrite(fd, payload, off)
+            finally:
+                os.close(fd)
+        assert outcome(lambda: op(self.plain)) == outcome(lambda: op(backing))
+
     @rule(name=names)
     def read_whole(self, name: str) -> None:
         self.both(lambda root: (root / name).read_bytes())
@@ -119,12 +136,15 @@ class PassthroughModel(RuleBasedStateMachine):
             assert tree(self.mnt) == tree(self.plain)
 
 
-@pytest.fixture(scope="module")
-def model_mount() -> Any:
+@pytest.fixture(scope="module", params=[
+    "attr_timeout=0,entry_timeout=0",
+    "direct_io,memlimit=300K,cache_size=16K,attr_timeout=0,entry_timeout=0",
+], ids=["defaults", "tiny-cache"])
+def model_mount(request: pytest.FixtureRequest) -> Any:
     base = Path(tempfile.mkdtemp(prefix="zcachefs-model-"))
     (base / "src").mkdir()
     (base / "mnt").mkdir()
-    m = Mount(base / "src", base / "mnt", log=base / "daemon.log")
+    m = Mount(base / "src", base / "mnt", request.param, log=base / "daemon.log")
     m.start()
     yield m
     m.stop()

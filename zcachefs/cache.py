@@ -41,6 +41,7 @@ class FileState:
     version: int = 0
     sig: tuple[int, int, int] | None = None
     tail: int | None = None  # index of a cached page shorter than page_size
+    size: int | None = None  # file size at the last open; None after our own changes
 
 
 @dataclass
@@ -88,6 +89,7 @@ class Cache:
     def opened(self, state: FileState, sig: tuple[int, int, int]) -> bool:
         """Record an open; drops the file's pages if it changed since the last one.
         Returns True when cached pages were kept."""
+        state.size = sig[0]
         if state.sig == sig:
             return True
         if state.sig is not None or state.version:
@@ -99,6 +101,7 @@ class Cache:
         """Call before and after a change through the mount (write, truncate)."""
         state.version += 1
         state.sig = None
+        state.size = None
 
     # -- lookups -------------------------------------------------------------------
 

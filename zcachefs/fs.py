@@ -284,19 +284,23 @@ class Operations(pyfuse3.Operations):
         cache = self.cache
         while True:
             self._wakeup = trio.Event()
-            if not cache.pending and not cache.pool.needs_shrink:
-                await self._wakeup.wait()
-                continue
             batch = cache.take_pending(_COMPRESS_BATCH)
             if batch:
                 codec, threshold = cache.codec, cache.pool.threshold
                 done = await trio.to_thread.run_sync(
                     _compress_batch, codec, threshold, batch, limiter=self.limiter)
                 cache.admit(done)
+            evicted = 0
             while cache.pool.needs_shrink:
-                cache.pool.shrink(_SHRINK_BATCH)
+                n = cache.pool.shrink(_SHRINK_BATCH)
+                if not n:
+                    break  # nothing left to evict (e.g. only same-filled entries)
+                evicted += n
                 await trio.lowlevel.checkpoint()
-            await trio.lowlevel.checkpoint()
+            if not batch and not evicted:
+                await self._wakeup.wait()
+            else:
+                await trio.lowlevel.checkpoint()
 
     def close_all(self) -> None:
         """Close every descriptor (after the session has ended)."""
@@ -463,9 +467,15 @@ class Operations(pyfuse3.Operations):
         if handle.cached:
             # The hit path: no await, no thread, a dict lookup per page.
             ps = self.page_size
+            state = handle.state
+            end = off + size
+            if state.size is not None:  # known since open: answer EOF without I/O
+                if off >= state.size:
+                    return b""
+                end = min(end, state.size)
             first = off // ps
-            last = (off + size - 1) // ps
-            fid = handle.state.fid
+            last = (end - 1) // ps
+            fid = state.fid
             get = self.cache.get
             if first == last:
                 page = get(fid, first)

@@ -86,6 +86,10 @@ class SlabArena:
         self.bytes_total = 0
         self.slabs = 0
 
+    def cost(self, size: int) -> int:
+        """Bytes the arena grows by to store an object of `size` bytes."""
+        return 0 if self._partial[(size - 1) // self.granularity] else self.slab_bytes
+
     def alloc(self, blob: bytes) -> tuple[_Slab, int]:
         """Store blob in a free slot of its size class; returns (slab, slot)."""
         cls = (len(blob) - 1) // self.granularity
@@ -121,6 +125,18 @@ class SlabArena:
             self.slabs -= 1
         elif len(slab.free) == 1:
             partial[slab] = None
+
+    def trim(self) -> int:
+        """Unmap every empty slab (the spares kept against alloc/free churn)."""
+        freed = 0
+        for partial in self._partial:
+            for slab in [s for s in partial if s.used == 0]:
+                del partial[slab]
+                slab.buf.close()
+                freed += self.slab_bytes
+        self.bytes_total -= freed
+        self.slabs -= freed // self.slab_bytes
+        return freed
 
     def close(self) -> None:
         for partial in self._partial:
@@ -232,8 +248,7 @@ class CompressedPool:
                 self.same_filled_pages += 1
         else:
             size = len(comp.blob)
-            slot_cost = -(-size // self.arena.granularity) * self.arena.granularity
-            if not self._has_room(slot_cost + ENTRY_OVERHEAD):
+            if not self._has_room(self.arena.cost(size) + ENTRY_OVERHEAD):
                 return False
             slab, slot = self.arena.alloc(comp.blob)
             entry = _Entry(comp.length, comp.codec, slab, slot, size, referenced)
@@ -334,6 +349,8 @@ class CompressedPool:
                 continue
             self._drop(key)
             evicted += 1
+        if self.needs_shrink:
+            self.arena.trim()
         self.c.evicted_pages += evicted
         if self.full and self.mem_used_total <= self.accept_level:
             self.full = False
