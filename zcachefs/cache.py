@@ -68,7 +68,8 @@ class Cache:
     def __init__(self, page_size: int, cache_size: int, memlimit: int, threshold: int,
                  compressor: str = codecs.DEFAULT, accept_threshold_percent: int = 90) -> None:
         self.page_size = page_size
-        self.capacity = max(1, cache_size // page_size)
+        self.configured = max(1, cache_size // page_size)  # tier-1 pages, as configured
+        self.capacity = self.configured  # in force (lower while under memory pressure)
         self.codec = codecs.get(compressor)
         self.tier1: Tier[bytes] = Tier()
         self.promoted: set[Key] = set()  # tier-1 keys that came from a pool hit
@@ -226,7 +227,7 @@ class Cache:
     # -- knobs ---------------------------------------------------------------------
 
     def set_cache_size(self, nbytes: int) -> None:
-        self.capacity = max(1, nbytes // self.page_size)
+        self.configured = self.capacity = max(1, nbytes // self.page_size)
         while len(self.tier1) > self.capacity:
             old, data = self.tier1.pop_oldest()
             was = old in self.promoted

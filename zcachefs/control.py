@@ -107,7 +107,7 @@ KNOBS: tuple[Knob, ...] = (
     Knob("memlimit", "memory limit of the compressed pool in bytes (K/M/G, N% of RAM)",
          lambda c: c.cache.pool.memlimit, _size, _set_memlimit),
     Knob("cache_size", "tier-1 page cache size in bytes (K/M/G, N% of RAM)",
-         lambda c: c.cache.capacity * c.cache.page_size, _cache_size,
+         lambda c: c.cache.configured * c.cache.page_size, _cache_size,
          lambda c, n: c.cache.set_cache_size(n)),
     Knob("compressor", "codec for newly stored pages: " + ", ".join(codecs.BY_NAME),
          lambda c: c.cache.codec.name, lambda c, t: codecs.get(t).name,

@@ -60,7 +60,6 @@ class PressureWatcher:
         self.interval = interval
         self.wake = wake
         self.cgroup = cgroup_memory_dir()
-        self.tier1_pages = cache.capacity  # tier 1 as configured
         self.last_release_s = 0.0  # duration of the last release (pressure -> freed)
 
     # -- measuring -----------------------------------------------------------------
@@ -145,9 +144,9 @@ class PressureWatcher:
             pool.set_pressure_cap(None if cap >= pool.memlimit else cap)
             if pool.pressure_cap is None:
                 log.info("memory pressure over: pool limit back to %d bytes", pool.memlimit)
-        if self.cache.capacity < self.tier1_pages:
-            step = max(1, self.tier1_pages // 8)
-            self.cache.capacity = min(self.tier1_pages, self.cache.capacity + step)
+        cache = self.cache
+        if cache.capacity < cache.configured:
+            cache.capacity = min(cache.configured, cache.capacity + max(1, cache.configured // 8))
 
     # -- the task ------------------------------------------------------------------
 

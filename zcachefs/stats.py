@@ -73,7 +73,7 @@ def snapshot(cache: Cache) -> Mapping[str, float]:
         "memlimit": pool.memlimit,
         "memlimit_effective": pool.limit,
         "pressure_shrinks": cc.pressure_shrinks,
-        "cache_size": cache.capacity * cache.page_size,
+        "cache_size": cache.configured * cache.page_size,
         "cache_pages": len(cache.tier1) + len(cache.pending),
         "hits": pc.succ_gets,
         "misses": pc.failed_gets,
