@@ -77,11 +77,15 @@ def test_pool_hits_are_exclusive(dmount: Mount) -> None:
     read_all(dmount.mountpoint / "f")
     s1 = settle(dmount.mountpoint)
     with open(dmount.mountpoint / "f", "rb") as f:
+        assert f.read(PAGE) == data[:PAGE]  # an early page: in the pool, not tier 1
+        s2 = stats(dmount.mountpoint)
         f.seek(0)
-        f.read(PAGE)  # an early page: in the pool, not tier 1
-    s2 = stats(dmount.mountpoint)
+        assert f.read(PAGE) == data[:PAGE]  # now in tier 1: the pool copy is gone
+    s3 = stats(dmount.mountpoint)
     assert s2["hits"] == s1["hits"] + 1
-    assert s2["stored_pages"] == s1["stored_pages"] - 1  # freed on the hit
+    assert s3["hits"] == s2["hits"] and s3["cache_hits"] == s2["cache_hits"] + 1
+    # One page left tier 1 for the pool in exchange: the pool holds as many as before.
+    assert settle(dmount.mountpoint)["stored_pages"] == s1["stored_pages"]
 
 
 def test_zero_and_poor_pages(dmount: Mount) -> None:
@@ -191,3 +195,27 @@ def test_o_direct_bypasses_the_cache(dmount: Mount) -> None:
     after = stats(dmount.mountpoint)
     assert after["cache_misses"] == before["cache_misses"]
     assert after["backing_reads"] == before["backing_reads"]
+
+
+def test_per_file_policy_bypasses_both_tiers(dmount: Mount) -> None:
+    mnt = dmount.mountpoint
+    (dmount.source / "media").mkdir()
+    (dmount.source / "media" / "movie").write_bytes(compressible(40))
+    (dmount.source / "doc").write_bytes(compressible(40, seed=3))
+    os.setxattr(mnt / "media", "user.zcachefs.cache", b"off")
+    os.setxattr(mnt / "doc", "user.zcachefs.cache", b"off")
+    assert os.getxattr(dmount.source / "doc", "user.zcachefs.cache") == b"off"  # real xattr
+    before = stats(mnt)
+    for _ in range(2):
+        read_all(mnt / "media" / "movie")
+        read_all(mnt / "doc")
+    after = stats(mnt)
+    assert after["cache_misses"] == before["cache_misses"]  # never looked up in the tiers
+    assert after["backing_reads"] == before["backing_reads"]
+    os.setxattr(mnt / "doc", "user.zcachefs.cache", b"on")
+    read_all(mnt / "doc")
+    assert stats(mnt)["backing_reads"] > after["backing_reads"]  # cached again
+    os.removexattr(mnt / "doc", "user.zcachefs.cache")
+    with pytest.raises(OSError) as exc:
+        os.setxattr(mnt / "doc", "user.zcachefs.cache", b"maybe")
+    assert exc.value.errno == 22  # EINVAL

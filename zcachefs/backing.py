@@ -192,6 +192,28 @@ _STRIP_OPEN = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_DIRECT
 _NOW_SLACK_NS = 2_000_000_000
 
 
+POLICY_XATTR = "user.zcachefs.cache"  # per-file policy: "off" bypasses both tiers
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    """A backing inode just looked up or created."""
+
+    ref: Ref
+    st: os.stat_result
+    cache_off: bool  # carries user.zcachefs.cache=off itself
+
+
+def cache_off(fd: int, mode: int) -> bool:
+    """Whether the inode carries the per-file policy xattr with value "off"."""
+    if not (stat_mod.S_ISREG(mode) or stat_mod.S_ISDIR(mode)):
+        return False
+    try:
+        return os.getxattr(proc_path(fd), POLICY_XATTR).strip().lower() == b"off"
+    except OSError:
+        return False
+
+
 class Backing:
     """The backing directory SOURCE; all methods block and run in worker threads.
 
@@ -249,30 +271,30 @@ class Backing:
         finally:
             os.close(fd)
 
-    def lookup(self, parent: Ref, name: bytes) -> tuple[Ref, os.stat_result]:
+    def lookup(self, parent: Ref, name: bytes) -> Found:
         with self.fd(parent) as dirfd:
             return self._lookup_at(dirfd, name)
 
-    def _lookup_at(self, dirfd: int, name: bytes) -> tuple[Ref, os.stat_result]:
+    def _lookup_at(self, dirfd: int, name: bytes) -> Found:
         fd = os.open(name, O_PATH_FLAGS, dir_fd=dirfd)
         try:
             st = os.fstat(fd)
+            off = cache_off(fd, st.st_mode)
         except BaseException:
             os.close(fd)
             raise
-        return self._ref(fd), st
+        return Found(self._ref(fd), st, off)
 
-    def lookup_many(self, parent: Ref, names: list[bytes]
-                    ) -> list[tuple[bytes, Ref, os.stat_result]]:
+    def lookup_many(self, parent: Ref, names: list[bytes]) -> list[tuple[bytes, Found]]:
         """Look up a batch of names (readdirplus); names gone since listing are skipped."""
         out = []
         with self.fd(parent) as dirfd:
             for name in names:
                 try:
-                    ref, st = self._lookup_at(dirfd, name)
+                    found = self._lookup_at(dirfd, name)
                 except FileNotFoundError:
                     continue
-                out.append((name, ref, st))
+                out.append((name, found))
         return out
 
     def stat(self, ref: Ref) -> os.stat_result:
@@ -282,23 +304,23 @@ class Backing:
     # -- names ---------------------------------------------------------------------
 
     def mknod(self, parent: Ref, name: bytes, mode: int, rdev: int
-              ) -> tuple[Ref, os.stat_result]:
+              ) -> Found:
         with self.fd(parent) as dirfd:
             os.mknod(name, mode, rdev, dir_fd=dirfd)
             return self._lookup_at(dirfd, name)
 
-    def mkdir(self, parent: Ref, name: bytes, mode: int) -> tuple[Ref, os.stat_result]:
+    def mkdir(self, parent: Ref, name: bytes, mode: int) -> Found:
         with self.fd(parent) as dirfd:
             os.mkdir(name, mode & 0o7777, dir_fd=dirfd)
             return self._lookup_at(dirfd, name)
 
     def symlink(self, parent: Ref, name: bytes, target: bytes
-                ) -> tuple[Ref, os.stat_result]:
+                ) -> Found:
         with self.fd(parent) as dirfd:
             os.symlink(target, name, dir_fd=dirfd)
             return self._lookup_at(dirfd, name)
 
-    def link(self, ref: Ref, parent: Ref, name: bytes) -> tuple[Ref, os.stat_result]:
+    def link(self, ref: Ref, parent: Ref, name: bytes) -> Found:
         with self.fd(ref) as fd, self.fd(parent) as dirfd:
             os.link(proc_path(fd), name, dst_dir_fd=dirfd, follow_symlinks=True)
             return self._lookup_at(dirfd, name)
@@ -322,25 +344,27 @@ class Backing:
 
     # -- files and directories -----------------------------------------------------
 
-    def open(self, ref: Ref, flags: int) -> tuple[int, os.stat_result]:
-        """Open the inode for I/O; returns the descriptor and its stat."""
+    def open(self, ref: Ref, flags: int) -> tuple[int, os.stat_result, bool]:
+        """Open the inode for I/O; returns the descriptor, its stat and whether the
+        file itself carries user.zcachefs.cache=off (read now, so a change counts at the
+        next open)."""
         with self.fd(ref) as pfd:
             fd = os.open(proc_path(pfd), (flags & ~_STRIP_OPEN) | os.O_CLOEXEC)
-        try:
-            return fd, os.fstat(fd)
-        except BaseException:
-            os.close(fd)
-            raise
+            try:
+                st = os.fstat(fd)
+                return fd, st, cache_off(pfd, st.st_mode)
+            except BaseException:
+                os.close(fd)
+                raise
 
-    def create(self, parent: Ref, name: bytes, mode: int, flags: int
-               ) -> tuple[int, Ref, os.stat_result]:
-        """Create and open; returns the I/O descriptor, the new inode's Ref and stat."""
+    def create(self, parent: Ref, name: bytes, mode: int, flags: int) -> tuple[int, Found]:
+        """Create and open; returns the I/O descriptor and the new inode."""
         with self.fd(parent) as dirfd:
             fd = os.open(name, (flags & ~(os.O_DIRECT | os.O_NOCTTY)) | os.O_CREAT
                          | os.O_CLOEXEC, mode & 0o7777, dir_fd=dirfd)
         try:
             path_fd = os.open(proc_path(fd), os.O_PATH | os.O_CLOEXEC)
-            return fd, self._ref(path_fd), os.fstat(fd)
+            return fd, Found(self._ref(path_fd), os.fstat(fd), False)
         except BaseException:
             os.close(fd)
             raise

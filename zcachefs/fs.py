@@ -32,10 +32,10 @@ import trio
 from pyfuse3 import FUSEError
 
 from . import backing, pool
-from .backing import Backing, Caller
+from .backing import POLICY_XATTR, Backing, Caller, Found
 from .cache import Cache, FileState
 from .control import ControlError, Controls, ReadOnly, UnknownName
-from .inodes import CONTROL_BASE, ROOT_NODEID, Inode, InodeTable, Ref
+from .inodes import CONTROL_BASE, ROOT_NODEID, Inode, InodeTable
 from .options import MountOptions
 
 log = logging.getLogger(__name__)
@@ -261,11 +261,13 @@ class Operations(pyfuse3.Operations):
         a.entry_timeout = self.opts.entry_timeout
         return a
 
-    def _remember(self, ref: Ref, st: os.stat_result) -> pyfuse3.EntryAttributes:
+    def _remember(self, found: Found, parent: Inode) -> pyfuse3.EntryAttributes:
         """Count one kernel lookup of the inode and return its attributes."""
-        inode, extra = self.inodes.remember(ref, st.st_dev, st.st_ino, st.st_mode)
+        st = found.st
+        inode, extra = self.inodes.remember(found.ref, st.st_dev, st.st_ino, st.st_mode)
         if extra is not None:
             os.close(extra)
+        inode.cache_off = found.cache_off or parent.cache_off
         return self._attr(inode, st)
 
     def _forget_one(self, nodeid: int) -> None:
@@ -323,8 +325,8 @@ class Operations(pyfuse3.Operations):
         parent = self._inode(parent_inode)
         if name == b"." or (name == b".." and parent is self.inodes.root):
             name = cast(pyfuse3.FileNameT, b".")
-        ref, st = await self._run(_caller(ctx), self.backing.lookup, parent.ref, name)
-        return self._remember(ref, st)
+        found = await self._run(_caller(ctx), self.backing.lookup, parent.ref, name)
+        return self._remember(found, parent)
 
     async def forget(self, inode_list: Sequence[tuple[pyfuse3.InodeT, int]]) -> None:
         for nodeid, count in inode_list:
@@ -382,32 +384,32 @@ class Operations(pyfuse3.Operations):
                     mode: int, rdev: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         parent = self._parent(parent_inode, name)
-        ref, st = await self._run(_caller(ctx), self.backing.mknod, parent.ref, name, mode,
+        found = await self._run(_caller(ctx), self.backing.mknod, parent.ref, name, mode,
                                   rdev)
-        return self._remember(ref, st)
+        return self._remember(found, parent)
 
     async def mkdir(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT,
                     mode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         parent = self._parent(parent_inode, name)
-        ref, st = await self._run(_caller(ctx), self.backing.mkdir, parent.ref, name, mode)
-        return self._remember(ref, st)
+        found = await self._run(_caller(ctx), self.backing.mkdir, parent.ref, name, mode)
+        return self._remember(found, parent)
 
     async def symlink(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT,
                       target: pyfuse3.FileNameT,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         parent = self._parent(parent_inode, name)
-        ref, st = await self._run(_caller(ctx), self.backing.symlink, parent.ref, name,
+        found = await self._run(_caller(ctx), self.backing.symlink, parent.ref, name,
                                   target)
-        return self._remember(ref, st)
+        return self._remember(found, parent)
 
     async def link(self, inode: pyfuse3.InodeT, new_parent_inode: pyfuse3.InodeT,
                    new_name: pyfuse3.FileNameT,
                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         node = self._inode(inode)
         parent = self._parent(new_parent_inode, new_name)
-        ref, st = await self._run(_caller(ctx), self.backing.link, node.ref, parent.ref,
-                                  new_name)
-        return self._remember(ref, st)
+        found = await self._run(_caller(ctx), self.backing.link, node.ref, parent.ref,
+                                new_name)
+        return self._remember(found, parent)
 
     async def unlink(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT,
                      ctx: pyfuse3.RequestContext) -> None:
@@ -429,14 +431,18 @@ class Operations(pyfuse3.Operations):
 
     # -- files ---------------------------------------------------------------------
 
-    def _file_info(self, fd: int, node: Inode, flags: int,
-                   st: os.stat_result) -> pyfuse3.FileInfo:
+    def _file_info(self, fd: int, node: Inode, flags: int, st: os.stat_result,
+                   own_off: bool) -> pyfuse3.FileInfo:
         """Register an open file. The kernel's page cache and ours are kept only if the
-        file is unchanged since the last open (close-to-open consistency)."""
+        file is unchanged since the last open (close-to-open consistency). O_DIRECT and
+        the per-file policy (user.zcachefs.cache=off) bypass the daemon's tiers."""
         state = self.cache.file(node.identity)
         keep = self.cache.opened(state, (st.st_size, st.st_mtime_ns, st.st_ctime_ns))
         direct = bool(flags & os.O_DIRECT)
-        cached = not direct and stat_mod.S_ISREG(st.st_mode)
+        policy_off = own_off or node.cache_off
+        if policy_off and not direct:
+            self.cache.invalidate_file(state)  # pages cached before the policy changed
+        cached = not direct and not policy_off and stat_mod.S_ISREG(st.st_mode)
         self.files[fd] = FileHandle(fd, node, state, cached, nowait=not self._delay)
         return pyfuse3.FileInfo(fh=cast(pyfuse3.FileHandleT, fd),
                                 direct_io=direct or self.opts.direct_io,
@@ -447,17 +453,17 @@ class Operations(pyfuse3.Operations):
         if _CTL_DIR < inode <= _CTL_DIR + len(self.ctl_names):
             return self._ctl_open(inode, flags, ctx)
         node = self._inode(inode)
-        fd, st = await self._run(_caller(ctx), self.backing.open, node.ref, flags)
-        return self._file_info(fd, node, flags, st)
+        fd, st, off = await self._run(_caller(ctx), self.backing.open, node.ref, flags)
+        return self._file_info(fd, node, flags, st, off)
 
     async def create(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT,
                      mode: int, flags: int, ctx: pyfuse3.RequestContext
                      ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         parent = self._parent(parent_inode, name)
-        fd, ref, st = await self._run(_caller(ctx), self.backing.create, parent.ref, name,
-                                      mode, flags)
-        attr = self._remember(ref, st)
-        return self._file_info(fd, self._inode(attr.st_ino), flags, st), attr
+        fd, found = await self._run(_caller(ctx), self.backing.create, parent.ref, name,
+                                    mode, flags)
+        attr = self._remember(found, parent)
+        return self._file_info(fd, self._inode(attr.st_ino), flags, found.st, False), attr
 
     async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
         handle = self.files.get(fh)
@@ -606,14 +612,14 @@ class Operations(pyfuse3.Operations):
             batch = entries[pos:pos + _READDIR_BATCH]
             found = await self._run(None, self.backing.lookup_many, handle.inode.ref, batch)
             index = {name: i for i, name in enumerate(batch)}
-            for k, (name, ref, st) in enumerate(found):
-                attr = self._remember(ref, st)
+            for k, (name, entry) in enumerate(found):
+                attr = self._remember(entry, handle.inode)
                 if not pyfuse3.readdir_reply(token, cast(pyfuse3.FileNameT, name), attr,
                                              pos + index[name] + 1):
                     self._forget_one(attr.st_ino)
-                    for _, rest, _ in found[k + 1:]:
-                        if rest.fd >= 0:
-                            os.close(rest.fd)
+                    for _, rest in found[k + 1:]:
+                        if rest.ref.fd >= 0:
+                            os.close(rest.ref.fd)
                     return
             pos += len(batch)
 
@@ -669,6 +675,12 @@ class Operations(pyfuse3.Operations):
         if self._is_ctl(inode):
             return self._ctl_setxattr(inode, name, value, ctx)
         node = self._inode(inode)
+        if name == POLICY_XATTR.encode():
+            choice = value.strip().lower()
+            if choice not in (b"on", b"off"):
+                log.warning("%s must be on or off, got %r", POLICY_XATTR, value[:40])
+                raise FUSEError(errno.EINVAL)
+            node.cache_off = choice == b"off"
         await self._run(_caller(ctx), self.backing.setxattr, node.ref, name, value)
 
     async def listxattr(self, inode: pyfuse3.InodeT,
@@ -687,4 +699,6 @@ class Operations(pyfuse3.Operations):
         if self._is_ctl(inode):
             raise FUSEError(errno.EPERM)
         node = self._inode(inode)
+        if name == POLICY_XATTR.encode():
+            node.cache_off = False  # a directory above may still say off (next lookup)
         await self._run(_caller(ctx), self.backing.removexattr, node.ref, name)

@@ -48,6 +48,9 @@ class Inode:
     ino: int
     mode: int  # file type bits only are relied upon (they never change)
     nlookup: int = 0
+    # Per-file policy: user.zcachefs.cache=off on the inode itself or on the directory
+    # it was (last) looked up in, or any directory above: bypass both cache tiers.
+    cache_off: bool = False
 
     @property
     def identity(self) -> bytes:
