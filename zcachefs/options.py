@@ -325,8 +325,8 @@ def options_help() -> str:
     lines = []
     for spec in OPTIONS:
         default = spec.default
-        if default is False:
-            default = "off"
+        if isinstance(default, bool):
+            default = "on" if default else "off"
         elif isinstance(default, Size):
             default = f"{default.percent:g}%" if default.percent is not None else (
                 f"{(default.nbytes or 0) >> 20}M")

@@ -278,7 +278,13 @@ class CompressedPool:
             page = bytes((entry.slot,)) * entry.length
         else:
             blob = self.arena.read(entry.slab, entry.slot, entry.size)
-            page = codecs.BY_ID[entry.codec].decompress(blob, entry.length)
+            try:
+                page = codecs.BY_ID[entry.codec].decompress(blob, entry.length)
+            except codecs.CodecError:
+                # Never serve a damaged page: drop it, it is read again from the file.
+                self._drop((fid, index))
+                self.c.failed_gets += 1
+                return None
         self._drop((fid, index))
         self.c.succ_gets += 1
         return page
