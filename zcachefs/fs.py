@@ -486,7 +486,7 @@ class Operations(pyfuse3.Operations):
             if first == last:
                 page = get(fid, first)
                 if page is not None:
-                    if self.cache.pending:
+                    if self.cache.pending.items:
                         self.wake_background()
                     start = off - first * ps
                     return page if start == 0 and size >= len(page) else \
@@ -501,7 +501,7 @@ class Operations(pyfuse3.Operations):
                     found.append(page)
                     if len(page) < ps:  # end of file
                         break
-                if self.cache.pending:
+                if self.cache.pending.items:
                     self.wake_background()
                 if len(found) == last - first + 1 or (found and len(found[-1]) < ps):
                     start = off - first * ps
@@ -534,7 +534,7 @@ class Operations(pyfuse3.Operations):
         cache.c.backing_reads += 1
         cache.c.backing_read_bytes += len(data)
         cache.fill(state, first, [data[i:i + ps] for i in range(0, len(data), ps)], version)
-        if cache.pending:
+        if cache.pending.items:
             self.wake_background()
         start = off - (first - len(found)) * ps
         if found:
