@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from mounting import Mount  # noqa: E402
+from mounting import Mount
 
 
 def fio(path: Path, rw: str, bs: str, runtime: int, direct: bool, jobs: int = 1) -> dict:

@@ -132,26 +132,40 @@ class Cache:
         if state.version != version:
             return
         ps = self.page_size
+        fid = state.fid
+        pending, pool_pages = self.pending, self.pool.files.get(fid)
         for i, page in enumerate(pages):
             if not page:
                 break
             if len(page) < ps:
                 state.tail = first + i
-            self._put((state.fid, first + i), page, False)
+            key = (fid, first + i)
+            # A read from the first missing page may cover pages cached further on:
+            # keep one copy (the fresh one) so a key stays in one tier only.
+            if pending.items:
+                pending.pop(key)
+            if pool_pages is not None and key[1] in pool_pages:
+                self.pool.invalidate_pages(fid, [key[1]])
+            self._put(key, page, False)
 
     def _put(self, key: Key, page: bytes, promoted: bool) -> None:
+        # Hot path (every miss and every pool hit): plain dict/set operations only.
         tier1 = self.tier1
         tier1.put(key, page)
         if promoted:
             self.promoted.add(key)
-        while len(tier1) > self.capacity:
-            old, data = tier1.pop_oldest()
-            was = old in self.promoted
-            if was:
-                self.promoted.discard(old)
-            self.pending.put(old, PendingPage(old, data, was))
-        if len(self.pending) > MAX_PENDING:
-            self.compress_inline(len(self.pending) - MAX_PENDING)
+        items = tier1.items
+        if len(items) > self.capacity:
+            promoted_set = self.promoted
+            pending = self.pending
+            while len(items) > self.capacity:
+                old, data = tier1.pop_oldest()
+                was = old in promoted_set
+                if was:
+                    promoted_set.discard(old)
+                pending.put(old, PendingPage(old, data, was))
+            if len(pending.items) > MAX_PENDING:
+                self.compress_inline(len(pending.items) - MAX_PENDING)
 
     # -- compression ---------------------------------------------------------------
 

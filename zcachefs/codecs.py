@@ -43,11 +43,18 @@ def _lz4_compress(page: bytes) -> bytes:
     return lz4.block.compress(page, store_size=False)
 
 
+def _exact(page: bytes, size: int, name: str) -> bytes:
+    if len(page) != size:  # a short page would read as an early end of file
+        raise CodecError(f"{name}: decompressed {len(page)} bytes, expected {size}")
+    return page
+
+
 def _lz4_decompress(blob: bytes, size: int) -> bytes:
     try:
-        return lz4.block.decompress(blob, uncompressed_size=size)
+        page = lz4.block.decompress(blob, uncompressed_size=size)
     except lz4.block.LZ4BlockError as exc:
         raise CodecError(f"lz4: {exc}") from None
+    return _exact(page, size, "lz4")
 
 
 def _lzo_compress(page: bytes) -> bytes:
@@ -56,9 +63,10 @@ def _lzo_compress(page: bytes) -> bytes:
 
 def _lzo_decompress(blob: bytes, size: int) -> bytes:
     try:
-        return lzo.decompress(blob, False, size)
+        page = lzo.decompress(blob, False, size)
     except lzo.error as exc:
         raise CodecError(f"lzo: {exc}") from None
+    return _exact(page, size, "lzo")
 
 
 def _identity(page: bytes) -> bytes:
@@ -66,7 +74,7 @@ def _identity(page: bytes) -> bytes:
 
 
 def _identity_size(blob: bytes, size: int) -> bytes:
-    return blob
+    return _exact(blob, size, "none")
 
 
 CODECS: tuple[Codec, ...] = (
