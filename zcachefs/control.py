@@ -196,8 +196,10 @@ class Controls:
         if name in ACTIONS:
             log.info("control: %s done", name)
         else:
-            log.info("control: %s changed from %s to %s", name, knob.fmt(old),
-                     knob.fmt(knob.get(self)))
+            # WARNING for log_level: an INFO line would be hidden by the new level.
+            log.log(logging.WARNING if name == "log_level" else logging.INFO,
+                    "control: %s changed from %s to %s", name, knob.fmt(old),
+                    knob.fmt(knob.get(self)))
         self.on_change()
 
     def snapshot(self) -> dict[str, float]:
@@ -209,7 +211,12 @@ class Controls:
         out = []
         for name, value in self.snapshot().items():
             kind, doc = stats.COUNTERS[name]
-            metric = f"zcachefs_{name}" + ("_total" if kind == "counter" else "")
+            if kind == "counter":
+                metric = f"zcachefs_{name}_total"
+            elif name.endswith("_total"):  # _total is reserved for counters
+                metric = f"zcachefs_{name[:-len('_total')]}_bytes"
+            else:
+                metric = f"zcachefs_{name}"
             out.append(f"# HELP {metric} {doc}\n# TYPE {metric} {kind}\n{metric} {_num(value)}\n")
         return "".join(out)
 

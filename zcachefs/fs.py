@@ -293,11 +293,11 @@ class Operations(pyfuse3.Operations):
                     _compress_batch, codec, threshold, batch, limiter=self.limiter)
                 cache.admit(done)
             evicted = 0
-            while cache.pool.needs_shrink:
-                n = cache.pool.shrink(_SHRINK_BATCH)
-                if not n:
-                    break  # nothing left to evict (e.g. only same-filled entries)
-                evicted += n
+            pool = cache.pool
+            while pool.needs_shrink:
+                evicted += pool.shrink(_SHRINK_BATCH)
+                if not pool.last_scanned:
+                    break  # nothing left to evict (e.g. only slabs of same-size spares)
                 await trio.lowlevel.checkpoint()
             if not batch and not evicted:
                 await self._wakeup.wait()
@@ -533,6 +533,11 @@ class Operations(pyfuse3.Operations):
         cache = self.cache
         cache.c.backing_reads += 1
         cache.c.backing_read_bytes += len(data)
+        # Only the first missing page was looked up; the rest of the range is read
+        # from the file too, so it counts as missed, page by page.
+        more = (last - first) if data else 0
+        cache.c.cache_misses += more
+        cache.pool.c.failed_gets += more
         cache.fill(state, first, [data[i:i + ps] for i in range(0, len(data), ps)], version)
         if cache.pending.items:
             self.wake_background()

@@ -104,7 +104,10 @@ def parse_size(text: str) -> Size:
         value = float(number) if "." in number else int(number, 10)
     except ValueError:
         raise ValueError(f"expected a size like 512M or 10%, got {text!r}") from None
-    nbytes = int(value * _UNITS[unit])
+    try:
+        nbytes = int(value * _UNITS[unit])
+    except (OverflowError, ValueError):  # 1e999 is inf, and int(inf) overflows
+        raise ValueError(f"size {text!r} is too large") from None
     if value < 0 or nbytes < 0 or not nbytes == nbytes:
         raise ValueError(f"a size cannot be negative, got {text!r}")
     if nbytes > 1 << 50:

@@ -40,7 +40,19 @@ from . import codecs
 # (tests/test_pool.py::test_entry_overhead_matches_tracemalloc checks it stays true).
 ENTRY_OVERHEAD = 304
 
-SLAB_BYTES = 256 * 1024  # 4,096 mappings per GiB of pool: far below vm.max_map_count
+SLAB_BYTES = 256 * 1024  # default slab; pools pick 64 KiB..1 MiB by memlimit (slab_size)
+
+
+def slab_size(memlimit: int, max_object: int) -> int:
+    """About memlimit/256, a power of two from 64 KiB to 1 MiB, at least 16 objects.
+
+    Small slabs waste less in partly filled size classes (32 classes x one partial slab)
+    on small pools; large ones keep big pools far below vm.max_map_count (65,530): a
+    10 GiB pool of 1 MiB slabs is 10,240 mappings."""
+    size = 64 * 1024
+    while size < 1 << 20 and size * 256 < memlimit:
+        size *= 2
+    return max(size, 16 * max_object)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,9 +91,11 @@ class _Slab:
 class SlabArena:
     """Size-classed slots in anonymous mmaps; empty slabs are unmapped."""
 
-    def __init__(self, max_object: int, granularity: int = 64) -> None:
+    def __init__(self, max_object: int, granularity: int = 64,
+                 slab_bytes: int = SLAB_BYTES) -> None:
         self.granularity = granularity
-        self.slab_bytes = max(SLAB_BYTES, 16 * max_object)
+        self.slab_bytes = max(slab_bytes, 16 * max_object)
+        self.spares = 0  # empty slabs kept mapped (one per class at most)
         nclasses = (max_object + granularity - 1) // granularity
         # Per class: slabs with at least one free slot (dict as an ordered set).
         self._partial: list[dict[_Slab, None]] = [{} for _ in range(nclasses)]
@@ -98,6 +112,8 @@ class SlabArena:
         partial = self._partial[cls]
         if partial:
             slab = next(reversed(partial))
+            if not slab.used:
+                self.spares -= 1
         else:
             slab = _Slab((cls + 1) * self.granularity, self.slab_bytes)
             partial[slab] = None
@@ -125,11 +141,17 @@ class SlabArena:
             slab.buf.close()
             self.bytes_total -= self.slab_bytes
             self.slabs -= 1
-        elif len(slab.free) == 1:
+            return
+        if len(slab.free) == 1:
             partial[slab] = None
+        if slab.used == 0:
+            self.spares += 1
 
     def trim(self) -> int:
         """Unmap every empty slab (the spares kept against alloc/free churn)."""
+        if not self.spares:
+            return 0
+        self.spares = 0
         freed = 0
         for partial in self._partial:
             for slab in [s for s in partial if s.used == 0]:
@@ -187,10 +209,11 @@ class CompressedPool:
         self.pressure_cap: int | None = None
         self.threshold = threshold
         self.accept_threshold_percent = accept_threshold_percent
-        self.arena = SlabArena(page_size)
+        self.arena = SlabArena(page_size, slab_bytes=slab_size(memlimit, page_size))
         self.files: dict[int, dict[int, _Entry]] = {}
         self.lru: OrderedDict[tuple[int, int], _Entry] = OrderedDict()
         self.full = False
+        self.last_scanned = 0  # entries the last shrink() looked at
         self.c = PoolCounters()
         # Gauges (what the pool holds now), as zcache's sysfs files report them.
         self.stored_pages = 0  # entries holding compressed data (not same-filled)
@@ -349,7 +372,14 @@ class CompressedPool:
     # -- eviction -------------------------------------------------------------------
 
     def shrink(self, max_entries: int = 256) -> int:
-        """Evict up to max_entries in LRU order (second chance) while over target."""
+        """Evict up to max_entries in LRU order (second chance) while over target.
+
+        Bounded work: at most 2 * max_entries entries are looked at, so a pool whose
+        oldest pages were all hit before may evict nothing in one call; `last_scanned`
+        tells the caller whether it made progress (clearing referenced bits is progress:
+        the next call evicts them)."""
+        if self.needs_shrink:
+            self.arena.trim()  # empty spare slabs go first: they hold no page
         evicted = 0
         scanned = 0
         lru = self.lru
@@ -364,8 +394,9 @@ class CompressedPool:
                 continue
             self._drop(key)
             evicted += 1
-        if self.needs_shrink:
-            self.arena.trim()
+            if self.arena.spares:
+                self.arena.trim()  # the eviction emptied a slab: unmap it before more
+        self.last_scanned = scanned
         self.c.evicted_pages += evicted
         if self.full and self.mem_used_total <= self.accept_level:
             self.full = False
@@ -384,10 +415,12 @@ class CompressedPool:
             self.full = True
 
     def clear(self) -> int:
+        """Drop every page (drop_caches) and unmap every slab."""
         n = len(self.lru)
         for key in list(self.lru):
             self._drop(key)
-        self.c.invalidates += n
+        self.arena.trim()
+        self.full = False
         return n
 
     def close(self) -> None:

@@ -119,7 +119,8 @@ class PressureWatcher:
             cap = max(0, min(pool.limit, used) - ask)
             pool.set_pressure_cap(cap)
             while pool.needs_shrink:
-                if not pool.shrink(4096):
+                pool.shrink(4096)
+                if not pool.last_scanned:
                     break
             excess = deficit - (used - pool.mem_used_total)
             if excess > 0:  # the pool alone was not enough: tier 1 gives way too

@@ -465,7 +465,8 @@ def build_parser() -> argparse.ArgumentParser:
     fmt.add_argument("--prometheus", action="store_true",
                      help="Prometheus text format, labelled with the mountpoint")
     p.add_argument("--watch", metavar="SECONDS", type=_positive,
-                   help="repeat every SECONDS until interrupted (Ctrl-C exits 0)")
+                   help="repeat every SECONDS until interrupted (Ctrl-C: exit 0) or "
+                        "a mount fails (exit 1)")
     control_option(p)
     p.add_argument("mountpoints", metavar="MOUNTPOINT", nargs="*",
                    help="zcachefs mounts (default: all)")
