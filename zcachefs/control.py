@@ -211,14 +211,19 @@ class Controls:
         out = []
         for name, value in self.snapshot().items():
             kind, doc = stats.COUNTERS[name]
-            if kind == "counter":
-                metric = f"zcachefs_{name}_total"
-            elif name.endswith("_total"):  # _total is reserved for counters
-                metric = f"zcachefs_{name[:-len('_total')]}_bytes"
-            else:
-                metric = f"zcachefs_{name}"
+            metric = metric_name(name)
             out.append(f"# HELP {metric} {doc}\n# TYPE {metric} {kind}\n{metric} {_num(value)}\n")
         return "".join(out)
+
+
+def metric_name(name: str) -> str:
+    """The Prometheus metric of a counter: counters end in _total, and only they do
+    (so the gauge mem_used_total is exported as zcachefs_mem_used_bytes)."""
+    if stats.COUNTERS[name][0] == "counter":
+        return f"zcachefs_{name}_total"
+    if name.endswith("_total"):
+        return f"zcachefs_{name[:-len('_total')]}_bytes"
+    return f"zcachefs_{name}"
 
 
 def _num(v: float) -> str:

@@ -1,0 +1,404 @@
+"""`zcachefs stat`, `zcachefs set` and `zcachefs drop`: the client commands, run as a
+user would run them (a subprocess), against real mounts, other file systems, dead and
+stuck mounts, and as another user; plus their pure helpers."""
+
+from __future__ import annotations
+
+import ast
+import functools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from mounting import Mount
+from test_control_mount import (
+    COUNTER_NAMES,
+    KNOB_NAMES,
+    OPTS,
+    ctl,
+    needs_setpriv,
+    parse_prometheus,
+    poll,
+    settle,
+    state,
+    stats_json,
+    warm_up,
+    zcachefs,
+)
+
+from zcachefs import control, statcli, stats
+from zcachefs.control import ACTIONS, KNOBS
+
+PKG = Path(statcli.__file__).resolve().parent
+
+
+@pytest.fixture
+def world_tmp() -> Iterator[Path]:
+    """A directory other users can traverse (pytest's tmp_path is private to root)."""
+    d = Path(tempfile.mkdtemp(prefix="zcachefs-stat-"))
+    os.chmod(d, 0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def rows(out: str) -> list[list[str]]:
+    lines = out.splitlines()
+    assert lines[0].split() == ["MOUNTPOINT", "ALGORITHM", *(c.title for c in statcli.COLUMNS)]
+    return [line.split() for line in lines[1:]]
+
+
+# -- pure helpers -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("n", "text"), [
+    (0, "0B"), (512, "512B"), (1023, "1023B"), (1024, "1K"), (1536, "1.5K"),
+    (1019904, "996K"), (761106, "743.3K"), (8 << 20, "8M"), (3 << 30, "3G"),
+    (int(1.25 * (1 << 40)), "1.2T"), (5000 << 40, "5000T"),
+])
+def test_human_sizes(n: int, text: str) -> None:
+    assert statcli.human(n) == text
+
+
+def test_table_aligns_and_formats() -> None:
+    full = {"memlimit": 8 << 20, "mem_used_total": 1019904, "stored_pages": 768,
+            "orig_data_size": 3 << 20, "compr_data_size": 761106,
+            "compression_ratio": 3.0843, "hit_ratio": 0.99609, "cache_pages": 256}
+    out = statcli.table([("/srv/a b", "lz4", full), ("/m", "lzo", {"memlimit": 1024})])
+    lines = out.splitlines()
+    assert lines[1].split() == ["/srv/a", "b", "lz4", "8M", "996K", "768", "3M", "743.3K",
+                                "3.08", "99.6%", "256"]
+    assert lines[2].split() == ["/m", "lzo", "1K", "-", "-", "-", "-", "-", "-", "-"]
+    assert len({len(line) for line in lines[:2]}) == 1  # right-aligned to one width
+
+
+def test_parse_mountinfo_unescapes_and_takes_the_top_mount() -> None:
+    text = (
+        "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/vda rw\n"
+        "40 22 0:50 / /mnt/with\\040space rw,nosuid - fuse.zcachefs /src rw,user_id=0\n"
+        "41 22 0:51 / /stacked rw - fuse.zcachefs /src rw\n"
+        "42 41 0:52 / /stacked rw master:3 - tmpfs tmpfs rw\n"
+        "43 22 0:53 / /opt/x rw - fuse.other /src rw\n")
+    assert statcli.parse_mountinfo(text) == {
+        "/": "ext4", "/mnt/with space": "fuse.zcachefs", "/stacked": "tmpfs",
+        "/opt/x": "fuse.other"}
+
+
+def test_merge_prometheus_labels_and_groups_families() -> None:
+    a = "# HELP m_total doc\n# TYPE m_total counter\nm_total 1\n# HELP g g\n# TYPE g gauge\ng 2\n"
+    b = a.replace(" 1\n", " 10\n").replace("g 2", "g 20")
+    merged = statcli.merge_prometheus([("/a", a), ('/b"\\', b)])
+    fams = parse_prometheus(merged)
+    assert fams["m_total"]["samples"] == [('{mountpoint="/a"}', 1.0),
+                                          ('{mountpoint="/b\\"\\\\"}', 10.0)]
+    assert fams["g"]["samples"] == [('{mountpoint="/a"}', 2.0),
+                                    ('{mountpoint="/b\\"\\\\"}', 20.0)]
+    assert merged.count("# HELP m_total") == 1
+
+
+def test_the_client_imports_no_fuse_trio_psutil() -> None:
+    tree = ast.parse((PKG / "statcli.py").read_text())
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            names.add(("." * node.level) + (node.module or ""))
+    assert not names & {"pyfuse3", "trio", "psutil", ".fs", ".mount", ".memory", ".pressure"}
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import sys, zcachefs.cli, zcachefs.statcli; "
+         "print(sorted(m for m in ('pyfuse3', 'trio', 'psutil') if m in sys.modules))"],
+        capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "[]"
+
+
+# -- help -------------------------------------------------------------------------------
+
+
+def test_main_help_mentions_the_subcommands() -> None:
+    r = zcachefs("--help")
+    assert r.returncode == 0
+    for sub in ("zcachefs stat", "zcachefs set MOUNTPOINT NAME=VALUE", "zcachefs drop"):
+        assert sub in r.stdout, sub
+    assert "SOURCE" in r.stdout  # the mount usage is unchanged
+    r = zcachefs()
+    assert r.returncode == 2 and "SOURCE" in r.stderr
+
+
+def test_stat_help_lists_every_counter_with_its_description() -> None:
+    r = zcachefs("stat", "--help")
+    assert r.returncode == 0
+    flat = " ".join(r.stdout.split())
+    for name, (kind, doc) in stats.COUNTERS.items():
+        assert f" {name} {' '.join(doc.split())} [{kind}]" in flat, name
+    for col in statcli.COLUMNS:
+        assert f" {col.title} {col.counter}" in flat
+
+
+def test_set_help_lists_every_knob() -> None:
+    r = zcachefs("set", "--help")
+    assert r.returncode == 0
+    flat = " ".join(r.stdout.split())
+    for k in KNOBS:
+        assert f" {k.name} [" in flat and " ".join(k.doc.split()) in flat, k.name
+
+
+# -- stat -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def two(mount_factory: Callable[..., Mount]) -> tuple[Mount, Mount]:
+    a = mount_factory(options=OPTS)
+    b = mount_factory(options=OPTS.replace("memlimit=8M", "memlimit=16M") + ",compressor=lzo")
+    warm_up(a)
+    return a, b
+
+
+def test_stat_prints_one_row_per_mount(two: tuple[Mount, Mount]) -> None:
+    a, b = two
+    sa, sb = settle(a), settle(b)
+    r = zcachefs("stat", str(a.mountpoint), str(b.mountpoint))
+    assert r.returncode == 0 and not r.stderr, r.stderr
+    got = rows(r.stdout)
+    h = statcli.human
+    assert got[0] == [str(a.mountpoint), "lz4", "8M", h(sa["mem_used_total"]),
+                      str(int(sa["stored_pages"])), h(sa["orig_data_size"]),
+                      h(sa["compr_data_size"]), f"{sa['compression_ratio']:.2f}",
+                      f"{100 * sa['hit_ratio']:.1f}%", str(int(sa["cache_pages"]))]
+    assert int(got[0][4]) > 0 and float(got[0][7]) > 1 and got[0][8] != "0.0%"
+    assert got[1] == [str(b.mountpoint), "lzo", "16M", h(sb["mem_used_total"]), "0", "0B",
+                      "0B", "0.00", "0.0%", "0"]
+    # Without a mountpoint: every zcachefs mount (other tests may have some too).
+    r = zcachefs("stat")
+    assert r.returncode == 0
+    shown = {row[0] for row in rows(r.stdout)}
+    assert {str(a.mountpoint), str(b.mountpoint)} <= shown
+
+
+def test_stat_json_has_every_counter(two: tuple[Mount, Mount]) -> None:
+    a, b = two
+    sa, sb = settle(a), settle(b)
+    r = zcachefs("stat", "--json", str(a.mountpoint), str(b.mountpoint) + "/")
+    assert r.returncode == 0, r.stderr
+    objs = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [o.pop("mountpoint") for o in objs] == [str(a.mountpoint), str(b.mountpoint)]
+    assert objs == [sa, sb]
+    assert list(objs[0]) == COUNTER_NAMES
+
+
+def test_stat_prometheus_merges_mounts_with_a_label(two: tuple[Mount, Mount]) -> None:
+    a, b = two
+    sa, sb = settle(a), settle(b)
+    r = zcachefs("stat", "--prometheus", str(a.mountpoint), str(b.mountpoint))
+    assert r.returncode == 0, r.stderr
+    fams = parse_prometheus(r.stdout)
+    assert len(fams) == len(COUNTER_NAMES)
+    for name in stats.COUNTERS:
+        fam = fams[control.metric_name(name)]
+        assert fam["samples"] == [(f'{{mountpoint="{a.mountpoint}"}}', sa[name]),
+                                  (f'{{mountpoint="{b.mountpoint}"}}', sb[name])], name
+
+
+def test_stat_relative_path_and_symlinked_parent(zmount: Mount, tmp_path: Path) -> None:
+    link = tmp_path / "link"
+    link.symlink_to(zmount.mountpoint.parent)
+    for path, cwd in ((zmount.mountpoint.name, zmount.mountpoint.parent),
+                      (str(link / zmount.mountpoint.name), "/")):
+        r = subprocess.run([sys.executable, "-m", "zcachefs", "stat", "--json", path],
+                           capture_output=True, text=True, cwd=cwd, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["mountpoint"] == str(zmount.mountpoint)
+
+
+def shown_thrice(out: Path, marker: str) -> bool:
+    return out.read_text().count(marker) >= 3
+
+
+def test_stat_watch_repeats_until_interrupted(zmount: Mount, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    for fmt, marker in (([], "MOUNTPOINT"), (["--json"], '"mountpoint"')):
+        with open(out, "w") as f:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "zcachefs", "stat", *fmt, "--watch", "0.1",
+                 str(zmount.mountpoint)], stdout=f, stderr=subprocess.PIPE, text=True)
+        try:
+            assert poll(functools.partial(shown_thrice, out, marker)), out.read_text()
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == 0, err
+        assert "Traceback" not in err
+
+
+def test_stat_refuses_what_is_not_a_zcachefs_mount(tmp_path: Path) -> None:
+    cases = {str(tmp_path): "not a zcachefs mount (nothing is mounted there)",
+             str(tmp_path / "missing"): "not a zcachefs mount (nothing is mounted there)",
+             "/proc": "not a zcachefs mount (it is proc)"}
+    for path, message in cases.items():
+        for cmd in (["stat"], ["stat", "--json"], ["drop"]):
+            r = zcachefs(*cmd, path)
+            assert r.returncode == 1 and r.stdout == "", (cmd, path)
+            assert r.stderr == f"zcachefs: {path}: {message}\n", r.stderr
+        r = zcachefs("set", path, "memlimit=1M")
+        assert r.returncode == 1 and r.stderr == f"zcachefs: {path}: {message}\n"
+
+
+def test_one_bad_path_does_not_hide_the_good_ones(zmount: Mount, tmp_path: Path) -> None:
+    r = zcachefs("stat", str(tmp_path), str(zmount.mountpoint))
+    assert r.returncode == 1
+    assert r.stderr.count("\n") == 1 and "not a zcachefs mount" in r.stderr
+    assert [row[0] for row in rows(r.stdout)] == [str(zmount.mountpoint)]
+
+
+def test_a_stuck_mount_of_another_type_is_never_touched(
+        mount_factory: Callable[..., Mount]) -> None:
+    """The check happens in mountinfo: a stat() of this mount would hang."""
+    m = mount_factory(options="subtype=other")
+    os.kill(m.pid, signal.SIGSTOP)
+    try:
+        r = zcachefs("stat", str(m.mountpoint), timeout=30)
+        assert r.returncode == 1
+        assert r.stderr == f"zcachefs: {m.mountpoint}: not a zcachefs mount (it is fuse.other)\n"
+    finally:
+        os.kill(m.pid, signal.SIGCONT)
+
+
+def test_a_dead_mount_is_one_line(mount_factory: Callable[..., Mount]) -> None:
+    m = mount_factory(options=OPTS)
+    os.kill(m.pid, signal.SIGKILL)
+    assert m.proc is not None
+    m.proc.wait(timeout=30)
+    mp = str(m.mountpoint)
+    for args in (["stat", mp], ["drop", mp], ["set", mp, "memlimit=1M"]):
+        r = zcachefs(*args, timeout=30)
+        assert r.returncode == 1, args
+        assert r.stderr.count("\n") == 1 and "not connected" in r.stderr, r.stderr
+
+
+def test_control_name_option(mount_factory: Callable[..., Mount]) -> None:
+    m = mount_factory(options=OPTS + ",control=.zc")
+    r = zcachefs("stat", str(m.mountpoint))
+    assert r.returncode == 1
+    assert r.stderr.count("\n") == 1 and "pass --control NAME" in r.stderr
+    r = zcachefs("stat", "--control", ".zc", "--json", str(m.mountpoint))
+    assert r.returncode == 0 and json.loads(r.stdout)["memlimit"] == 8 << 20
+    r = zcachefs("set", "--control", ".zc", str(m.mountpoint), "memlimit=6M")
+    assert r.returncode == 0, r.stderr
+    assert stats_json(m, ".zc")["memlimit"] == 6 << 20
+    r = zcachefs("drop", "--control", ".zc", str(m.mountpoint))
+    assert r.returncode == 0, r.stderr
+    for bad in ("", "a/b", ".."):
+        r = zcachefs("stat", "--control", bad, str(m.mountpoint))
+        assert r.returncode == 2 and r.stderr.count("\n") == 1
+
+
+# -- set and drop -----------------------------------------------------------------------
+
+
+def test_set_several_knobs_and_report_each_error(mount_factory: Callable[..., Mount]) -> None:
+    m = mount_factory(options=OPTS)
+    r = zcachefs("set", str(m.mountpoint), "memlimit=6M", "bogus=1", "page_size=1",
+                 "threshold=0", "hits=2", "stats.json=1", "cache_size=2M", "compressor=lzo")
+    assert r.returncode == 1 and r.stdout == ""
+    mp = m.mountpoint
+    assert r.stderr.splitlines() == [
+        f"zcachefs: {mp}: bogus: unknown name (see zcachefs set --help)",
+        f"zcachefs: {mp}: page_size: read-only",
+        f"zcachefs: {mp}: threshold=0: invalid value (threshold: largest compressed page "
+        "the pool keeps, in bytes); the daemon log says why",
+        f"zcachefs: {mp}: hits: read-only",
+        f"zcachefs: {mp}: stats.json: read-only",
+    ]
+    # The good ones were applied, in order, around the bad ones.
+    assert ctl(m, "memlimit").read_text() == "6291456\n"
+    assert ctl(m, "cache_size").read_text() == "2097152\n"
+    assert ctl(m, "compressor").read_text() == "lzo\n"
+    assert ctl(m, "threshold").read_text() == "2048\n"
+    r = zcachefs("set", str(m.mountpoint), "log_level=debug", "reset_stats=1")
+    assert r.returncode == 0 and r.stdout == r.stderr == ""
+    assert ctl(m, "log_level").read_text() == "debug\n"
+
+
+@pytest.mark.parametrize("args", [["memlimit"], ["=1"], [], ["memlimit=1M", "x"]])
+def test_set_usage_errors(zmount: Mount, args: list[str]) -> None:
+    before = state(zmount)
+    r = zcachefs("set", str(zmount.mountpoint), *args)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert state(zmount) == before
+
+
+def test_drop_empties_the_caches(two: tuple[Mount, Mount]) -> None:
+    a, b = two
+    assert settle(a)["stored_pages"] > 0
+    r = zcachefs("drop", str(a.mountpoint), str(b.mountpoint))
+    assert r.returncode == 0 and r.stdout == r.stderr == ""
+    s = stats_json(a)
+    assert s["stored_pages"] == s["cache_pages"] == 0
+    assert poll(lambda: "control: drop_caches done" in a.read_log())
+
+
+# -- another user -----------------------------------------------------------------------
+
+
+@needs_setpriv
+def test_another_user_can_stat_but_not_set(mount_factory: Callable[..., Mount],
+                                           world_tmp: Path) -> None:
+    (world_tmp / "src").mkdir()
+    (world_tmp / "mnt").mkdir()
+    m = mount_factory(source=world_tmp / "src", mountpoint=world_tmp / "mnt",
+                      options=OPTS + ",allow_other")
+    warm_up(m)
+    s = settle(m)
+    before = state(m)
+    r = zcachefs("stat", str(m.mountpoint), user=True)
+    assert r.returncode == 0, r.stderr
+    assert rows(r.stdout)[0][:5] == [str(m.mountpoint), "lz4", "8M",
+                                     statcli.human(s["mem_used_total"]),
+                                     str(int(s["stored_pages"]))]
+    r = zcachefs("stat", "--json", str(m.mountpoint), user=True)
+    assert r.returncode == 0 and json.loads(r.stdout) == {"mountpoint": str(m.mountpoint), **s}
+    for args in (["set", str(m.mountpoint), "memlimit=4M"], ["drop", str(m.mountpoint)],
+                 ["set", str(m.mountpoint), "reset_stats=1"]):
+        r = zcachefs(*args, user=True)
+        assert r.returncode == 1, args
+        assert r.stderr.count("\n") == 1 and "permission denied" in r.stderr, r.stderr
+    assert state(m) == before
+
+
+@needs_setpriv
+def test_without_allow_other_another_user_gets_one_line(
+        mount_factory: Callable[..., Mount], world_tmp: Path) -> None:
+    (world_tmp / "src").mkdir()
+    (world_tmp / "mnt").mkdir()
+    m = mount_factory(source=world_tmp / "src", mountpoint=world_tmp / "mnt", options=OPTS)
+    r = zcachefs("stat", str(m.mountpoint), user=True)
+    assert r.returncode == 1 and r.stdout == ""
+    assert r.stderr.count("\n") == 1 and "permission denied" in r.stderr, r.stderr
+
+
+def test_every_knob_and_counter_reachable_from_the_client(zmount: Mount) -> None:
+    """The client names exactly what the mount serves (nothing lost in between)."""
+    got = json.loads(zcachefs("stat", "--json", str(zmount.mountpoint)).stdout)
+    assert set(got) - {"mountpoint"} == set(COUNTER_NAMES)
+    for knob in KNOBS:
+        if knob.parse is None:
+            continue
+        value = "1" if knob.name in ACTIONS else ctl(zmount, knob.name).read_text().strip()
+        r = zcachefs("set", str(zmount.mountpoint), f"{knob.name}={value}")
+        assert r.returncode == 0, (knob.name, r.stderr)
+    assert {k.name for k in KNOBS} == set(KNOB_NAMES)
+
+
+def test_watch_needs_a_positive_interval(zmount: Mount) -> None:
+    for bad in ("0", "-1", "x", "nan", "inf"):
+        r = zcachefs("stat", "--watch", bad, str(zmount.mountpoint))
+        assert r.returncode == 2 and r.stderr.count("\n") == 1, (bad, r.stderr)
