@@ -218,3 +218,20 @@ def test_per_file_policy_bypasses_both_tiers(dmount: Mount) -> None:
     with pytest.raises(OSError) as exc:
         os.setxattr(mnt / "doc", "user.zcachefs.cache", b"maybe")
     assert exc.value.errno == 22  # EINVAL
+
+
+def test_file_states_do_not_outlive_forgotten_inodes(mount_factory: object) -> None:
+    """A walk over many files must not leave a cache state per file in the daemon."""
+    m = mount_factory(options="direct_io,memlimit=1M,cache_size=64K,pressure=off")  # type: ignore[operator]
+    for i in range(300):
+        (m.source / f"f{i}").write_bytes(b"x" * 10)
+    for i in range(300):
+        assert (m.mountpoint / f"f{i}").read_bytes() == b"x" * 10
+    (m.mountpoint / ".zcachefs" / "drop_caches").write_text("1\n")
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("2\n")  # the kernel forgets the inodes
+    deadline = time.monotonic() + 10
+    while stats(m.mountpoint)["cache_files"] > 5 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert stats(m.mountpoint)["cache_files"] <= 5

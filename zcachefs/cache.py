@@ -42,6 +42,7 @@ class FileState:
     sig: tuple[int, int, int] | None = None
     tail: int | None = None  # index of a cached page shorter than page_size
     size: int | None = None  # file size at the last open; None after our own changes
+    opens: int = 0  # open handles through the mount
 
 
 @dataclass
@@ -86,6 +87,21 @@ class Cache:
         if state is None:
             state = self._files[identity] = FileState(next(self._fids))
         return state
+
+    @property
+    def file_count(self) -> int:
+        return len(self._files)
+
+    def has_pages(self, fid: int) -> bool:
+        return (fid in self.tier1.by_file or fid in self.pending.by_file
+                or fid in self.pool.files)
+
+    def forget_file(self, identity: bytes) -> None:
+        """The kernel forgot the inode: drop its FileState unless pages or handles still
+        need it (so a walk over millions of files does not keep a state per file)."""
+        state = self._files.get(identity)
+        if state is not None and not state.opens and not self.has_pages(state.fid):
+            del self._files[identity]
 
     def opened(self, state: FileState, sig: tuple[int, int, int]) -> bool:
         """Record an open; drops the file's pages if it changed since the last one.

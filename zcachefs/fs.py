@@ -332,9 +332,12 @@ class Operations(pyfuse3.Operations):
         for nodeid, count in inode_list:
             if nodeid >= CONTROL_BASE and nodeid < CONTROL_BASE + 1 + len(self.ctl_names):
                 continue
+            node = self.inodes.get(nodeid)
             fd = self.inodes.forget(nodeid, count)
             if fd is not None:
                 os.close(fd)
+            if node is not None and self.inodes.get(nodeid) is None:
+                self.cache.forget_file(node.identity)
 
     async def getattr(self, inode: pyfuse3.InodeT,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
@@ -443,6 +446,7 @@ class Operations(pyfuse3.Operations):
         if policy_off and not direct:
             self.cache.invalidate_file(state)  # pages cached before the policy changed
         cached = not direct and not policy_off and stat_mod.S_ISREG(st.st_mode)
+        state.opens += 1
         self.files[fd] = FileHandle(fd, node, state, cached, nowait=not self._delay)
         return pyfuse3.FileInfo(fh=cast(pyfuse3.FileHandleT, fd),
                                 direct_io=direct or self.opts.direct_io,
@@ -576,6 +580,7 @@ class Operations(pyfuse3.Operations):
             return
         handle = self.files.pop(fh, None)
         if handle is not None:
+            handle.state.opens -= 1
             await self._run(None, os.close, handle.fd)
 
     # -- directories ---------------------------------------------------------------
