@@ -23,24 +23,20 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 sys.path.insert(0, str(HERE.parent))
-from mounting import Mount, force_unmount, is_fuse_mounted, wait_until  # noqa: E402
+from mounting import (  # noqa: E402
+    Mount,
+    control_stats,
+    force_unmount,
+    is_fuse_mounted,
+    settle,
+    wait_until,
+)
+
+stats = control_stats
 
 from zcachefs import codecs  # noqa: E402
 
 PAGE = 4096
-
-
-def stats(mnt: Path) -> dict[str, float]:
-    return json.loads((mnt / ".zcachefs" / "stats.json").read_text())  # type: ignore[no-any-return]
-
-
-def settle(mnt: Path) -> dict[str, float]:
-    deadline = time.monotonic() + 30
-    while True:
-        s = stats(mnt)
-        if s["cache_pages"] * PAGE <= s["cache_size"] or time.monotonic() > deadline:
-            return s
-        time.sleep(0.05)
 
 
 def rss(pid: int) -> int:

@@ -10,6 +10,7 @@ and reaps the process.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -131,3 +132,25 @@ class Mount:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def control_stats(mountpoint: Path, control: str = ".zcachefs") -> dict[str, float]:
+    """Every counter of a live mount, from its stats.json control file."""
+    values: dict[str, float] = json.loads((mountpoint / control / "stats.json").read_text())
+    return values
+
+
+def settle(mountpoint: Path, timeout: float = 20.0, control: str = ".zcachefs",
+           page: int = 4096) -> dict[str, float]:
+    """Counters once the background compressor has drained tier 1's overflow and two
+    readings in a row agree (nothing is moving any more)."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        s = control_stats(mountpoint, control)
+        if s == last and s["cache_pages"] * page <= s["cache_size"]:
+            return s
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the counters did not settle: {s}")
+        last = s
+        time.sleep(0.05)

@@ -10,27 +10,12 @@ import time
 from pathlib import Path
 
 import pytest
-from mounting import Mount
+from mounting import Mount, control_stats, settle
 
 PAGE = 4096
 
 
-def stats(mnt: Path) -> dict[str, float]:
-    out = {}
-    for line in (mnt / ".zcachefs" / "stats").read_text().splitlines():
-        name, value = line.split()
-        out[name] = float(value)
-    return out
-
-
-def settle(mnt: Path) -> dict[str, float]:
-    """Stats once the background compressor has drained the pending pages."""
-    deadline = time.monotonic() + 10
-    while True:
-        s = stats(mnt)
-        if s["cache_pages"] * PAGE <= s["cache_size"] or time.monotonic() > deadline:
-            return s
-        time.sleep(0.02)
+stats = control_stats
 
 
 def compressible(n_pages: int, seed: int = 1) -> bytes:

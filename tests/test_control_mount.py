@@ -24,7 +24,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from mounting import Mount
+from mounting import Mount, control_stats
+from mounting import settle as settle_mount
 
 from zcachefs import control, stats
 from zcachefs.control import ACTIONS, KNOB_BY_NAME, KNOBS, Controls
@@ -68,24 +69,11 @@ def ctl(m: Mount, name: str = "") -> Path:
 
 
 def stats_json(m: Mount, control_name: str = CTL) -> dict[str, float]:
-    values: dict[str, float] = json.loads((m.mountpoint / control_name / "stats.json")
-                                          .read_text())
-    return values
+    return control_stats(m.mountpoint, control_name)
 
 
 def settle(m: Mount, timeout: float = 20.0) -> dict[str, float]:
-    """Stats once the background compressor has drained tier 1's overflow and two
-    readings in a row agree (nothing is moving any more)."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while True:
-        s = stats_json(m)
-        if s == last and s["cache_pages"] * PAGE <= s["cache_size"]:
-            return s
-        if time.monotonic() > deadline:
-            raise AssertionError(f"the counters did not settle: {s}")
-        last = s
-        time.sleep(0.05)
+    return settle_mount(m.mountpoint, timeout)
 
 
 def poll(pred: Callable[[], bool], timeout: float = 20.0) -> bool:
@@ -303,9 +291,10 @@ def test_counters_move_under_a_workload(mount_factory: Callable[..., Mount]) -> 
     read_all(mnt / "big")
     s = settle(m)
     seen.update({n: v for n, v in s.items() if v})
-    # pressure_shrinks needs real memory pressure (tests/test_pressure.py makes some).
-    assert set(COUNTER_NAMES) - set(seen) == {"pressure_shrinks"}
-    assert s["pressure_shrinks"] == 0
+    # pressure_shrinks needs real memory pressure (tests/test_pressure.py makes some);
+    # reject_alloc_fail a failed mmap (tests/test_pool.py simulates one).
+    assert set(COUNTER_NAMES) - set(seen) == {"pressure_shrinks", "reject_alloc_fail"}
+    assert s["pressure_shrinks"] == 0 and s["reject_alloc_fail"] == 0
     assert 0 < s["hit_ratio"] < 1 and s["compression_ratio"] > 1
     assert s["memlimit"] == s["memlimit_effective"] == 1 << 20
 

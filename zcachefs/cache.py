@@ -111,6 +111,7 @@ class Cache:
             return True
         if state.sig is not None or state.version:
             self.invalidate_file(state)
+            state.version += 1  # a read that began before the change must not fill
         state.sig = sig
         return False
 
@@ -149,7 +150,7 @@ class Cache:
             return
         ps = self.page_size
         fid = state.fid
-        pending, pool_pages = self.pending, self.pool.files.get(fid)
+        pending, pool = self.pending, self.pool
         for i, page in enumerate(pages):
             if not page:
                 break
@@ -157,11 +158,12 @@ class Cache:
                 state.tail = first + i
             key = (fid, first + i)
             # A read from the first missing page may cover pages cached further on:
-            # keep one copy (the fresh one) so a key stays in one tier only.
+            # keep one copy (the fresh one) so a key stays in one tier only. Looked up
+            # per page: _put may compress (and admit) pending pages inline.
             if pending.items:
                 pending.pop(key)
-            if pool_pages is not None and key[1] in pool_pages:
-                self.pool.invalidate_pages(fid, [key[1]])
+            if key in pool.lru:
+                pool.discard(fid, key[1])
             self._put(key, page, False)
 
     def _put(self, key: Key, page: bytes, promoted: bool) -> None:

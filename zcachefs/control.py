@@ -82,9 +82,12 @@ def _level(c: Controls, text: str) -> str:
 
 
 def _action(c: Controls, text: str) -> bool:
-    if text.strip() not in ("1", ""):
-        raise ValueError("write 1 to run the action")
-    return True
+    """1 runs the action; 0 (what the file reads) does nothing, so a saved
+    `getfattr -d` can be restored with `setfattr --restore`."""
+    value = text.strip()
+    if value not in ("0", "1"):
+        raise ValueError("write 1 to run the action (0 does nothing)")
+    return value == "1"
 
 
 def _set_level(c: Controls, level: str) -> None:
@@ -95,12 +98,14 @@ def _set_memlimit(c: Controls, n: int) -> None:
     c.cache.pool.set_memlimit(n)
 
 
-def _drop(c: Controls, _: bool) -> None:
-    c.cache.drop_all()
+def _drop(c: Controls, run: bool) -> None:
+    if run:
+        c.cache.drop_all()
 
 
-def _reset(c: Controls, _: bool) -> None:
-    stats.reset(c.cache)
+def _reset(c: Controls, run: bool) -> None:
+    if run:
+        stats.reset(c.cache)
 
 
 KNOBS: tuple[Knob, ...] = (

@@ -125,7 +125,11 @@ def parse_page_size(text: str) -> int:
 
 
 def parse_percent(text: str) -> int:
-    return parse_int_range(1, 100)(text.strip().rstrip("%"))
+    raw = text.strip()
+    raw = raw[:-1] if raw.endswith("%") else raw
+    if not raw.isdigit():
+        raise ValueError(f"expected a percentage from 1 to 100, got {text!r}")
+    return parse_int_range(1, 100)(raw)
 
 
 def parse_compressor(text: str) -> str:

@@ -70,7 +70,7 @@ def compress_page(codec: codecs.Codec, page: bytes, threshold: int) -> Compresse
     first = page[:1]
     # Same-filled? Compare with a filled copy (a memset and a memcmp, ~0.5 us) only when
     # the first and last bytes agree; bytes.count would take ~9 us per 4 KiB page.
-    if page[-1:] == first and page == first * len(page):
+    if page and page[-1:] == first and page == first * len(page):
         return Compressed(len(page), 0, first)
     blob = codec.compress(page)
     if codec.name == "none":
@@ -79,13 +79,23 @@ def compress_page(codec: codecs.Codec, page: bytes, threshold: int) -> Compresse
 
 
 class _Slab:
-    __slots__ = ("buf", "free", "size", "used")
+    """One mapping cut into `nslots` slots of `size` bytes. Slots are handed out by a
+    bump pointer, then from the list of returned ones: the list holds only slots that
+    were freed, not one int per slot (that cost up to half the slab in Python objects)."""
+
+    __slots__ = ("buf", "bump", "free", "nslots", "size", "used")
 
     def __init__(self, size: int, nbytes: int) -> None:
         self.buf = mmap.mmap(-1, nbytes)
         self.size = size
-        self.free = list(range(nbytes // size - 1, -1, -1))
+        self.nslots = nbytes // size
+        self.bump = 0  # slots below this have been handed out at least once
+        self.free: list[int] = []  # returned slots below `bump`
         self.used = 0
+
+    @property
+    def room(self) -> int:
+        return self.nslots - self.used
 
 
 class SlabArena:
@@ -119,9 +129,13 @@ class SlabArena:
             partial[slab] = None
             self.bytes_total += self.slab_bytes
             self.slabs += 1
-        slot = slab.free.pop()
+        if slab.free:
+            slot = slab.free.pop()
+        else:
+            slot = slab.bump
+            slab.bump += 1
         slab.used += 1
-        if not slab.free:
+        if slab.used == slab.nslots:
             del partial[slab]
         off = slot * slab.size
         slab.buf[off:off + len(blob)] = blob
@@ -133,19 +147,23 @@ class SlabArena:
 
     def free(self, slab: _Slab, slot: int) -> None:
         partial = self._partial[(slab.size - 1) // self.granularity]
-        slab.free.append(slot)
+        was_full = slab.used == slab.nslots
         slab.used -= 1
-        if slab.used == 0 and len(partial) > (0 if len(slab.free) == 1 else 1):
-            # Empty, and its class has another slab with room: give it back to the OS.
-            partial.pop(slab, None)
-            slab.buf.close()
-            self.bytes_total -= self.slab_bytes
-            self.slabs -= 1
-            return
-        if len(slab.free) == 1:
-            partial[slab] = None
         if slab.used == 0:
+            if len(partial) > (0 if was_full else 1):
+                # Empty, and its class has another slab with room: back to the OS.
+                partial.pop(slab, None)
+                slab.buf.close()
+                self.bytes_total -= self.slab_bytes
+                self.slabs -= 1
+                return
+            slab.free.clear()  # empty: start again from the bump pointer
+            slab.bump = 0
             self.spares += 1
+        else:
+            slab.free.append(slot)
+        if was_full:
+            partial[slab] = None
 
     def trim(self) -> int:
         """Unmap every empty slab (the spares kept against alloc/free churn)."""
@@ -193,6 +211,7 @@ class PoolCounters:
     invalidates: int = 0
     evicted_pages: int = 0
     reject_compress_poor: int = 0
+    reject_alloc_fail: int = 0
     pool_limit_hit: int = 0
     mem_used_max: int = 0
 
@@ -246,6 +265,7 @@ class CompressedPool:
         used = self.mem_used_total
         if self.full:
             if used + nbytes > self.accept_level:
+                self.c.pool_limit_hit += 1  # every refusal counts, as in zswap
                 return False
             self.full = False
         if used + nbytes > self.limit:
@@ -279,7 +299,11 @@ class CompressedPool:
             used = arena.bytes_total + ENTRY_OVERHEAD * len(self.lru)
             if (self.full or used + need > self.limit) and not self._has_room(need):
                 return False
-            slab, slot = arena.alloc(comp.blob)
+            try:
+                slab, slot = arena.alloc(comp.blob)
+            except OSError:  # no new mapping (vm.max_map_count, overcommit): not stored
+                self.c.reject_alloc_fail += 1
+                return False
             entry = _Entry(comp.length, comp.codec, slab, slot, size, referenced)
             self.stored_pages += 1
             self.orig_data_size += comp.length
@@ -362,6 +386,11 @@ class CompressedPool:
                 n += 1
         self.c.invalidates += n
         return n
+
+    def discard(self, fid: int, index: int) -> None:
+        """Drop one page that a fresher copy replaces (not an invalidation)."""
+        if (fid, index) in self.lru:
+            self._drop((fid, index))
 
     def invalidate_from(self, fid: int, first: int) -> int:
         pages = self.files.get(fid)
