@@ -86,7 +86,8 @@ class _Slab:
     __slots__ = ("buf", "bump", "free", "nslots", "size", "used")
 
     def __init__(self, size: int, nbytes: int) -> None:
-        self.buf = mmap.mmap(-1, nbytes)
+        # Private anonymous memory: counted as the daemon's own (anon), not as shared.
+        self.buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         self.size = size
         self.nslots = nbytes // size
         self.bump = 0  # slots below this have been handed out at least once
