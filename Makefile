@@ -79,3 +79,19 @@ uninstall:
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+
+# The seed replay (issue 5, BENCHMARKS.md): fio (+ iozone if installed) on a 1 GiB memory
+# budget and a 50 MB/s disk, plain directory vs. zcachefs; as root, ~17 minutes.
+# BENCH_ARGS passes options, e.g. BENCH_ARGS='--ram 2G --data /srv/mydata'.
+.PHONY: bench bench-quick
+bench: venv
+	$(BIN)/python scripts/bench $(BENCH_ARGS)
+
+bench-quick: venv
+	$(BIN)/python scripts/bench --quick $(BENCH_ARGS)
+
+# Soak variants of the robustness tests (issue 6): a 10-minute RSS-bound run over 30,000
+# files and 40 rounds of fio verification under constant eviction. Not run by `make test`
+# (they skip unless ZCACHEFS_SOAK=1); as root, ~15 minutes.
+soak: venv
+	ZCACHEFS_SOAK=1 $(BIN)/pytest -q -s -m slow -k soak tests/test_pressure.py tests/test_durability.py
