@@ -535,9 +535,6 @@ def test_freed_pool_memory_leaves_the_process(how: str, scratch: Path, mount_fac
     assert read_sums(mnt, sorted(sums)) == sums
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: tier-1 pages freed by a lower cache_size (or "
-                   "drop_caches) stay in glibc's free lists: RssAnon stays at ~121 MiB after "
-                   "96 MiB of tier 1 is emptied (only the pressure watcher calls malloc_trim)")
 def test_freed_tier1_memory_leaves_the_process(scratch: Path, mount_factory: object,
                                                record_property: Callable[[str, object], None]
                                                ) -> None:

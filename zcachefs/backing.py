@@ -133,6 +133,11 @@ def call_as(caller: Caller | None, fn: Callable[..., T], *args: object) -> T:
         return fn(*args)
 
 
+def malloc_trim() -> None:
+    """Give free heap memory back to the OS (freed tier-1 pages sit on malloc's lists)."""
+    _libc.malloc_trim(0)
+
+
 def raise_nofile_limit() -> int:
     """Raise RLIMIT_NOFILE as far as allowed: one O_PATH fd is held per known inode."""
     import resource

@@ -105,7 +105,7 @@ class Operations(pyfuse3.Operations):
         self.page_size = opts.page_size
         self.cache = Cache(opts.page_size, opts.cache_size, opts.memlimit, opts.threshold,
                            opts.compressor, opts.accept_threshold_percent)
-        self.controls = Controls(self.cache, ram, self.wake_background)
+        self.controls = Controls(self.cache, ram, self._control_changed)
         self.ctl_name = opts.control.encode()
         self.ctl_names = Controls.names()
         self.ctl_handles: dict[int, CtlHandle] = {}
@@ -274,6 +274,12 @@ class Operations(pyfuse3.Operations):
         fd = self.inodes.forget(nodeid, 1)
         if fd is not None:
             os.close(fd)
+
+    def _control_changed(self) -> None:
+        """After a knob change: act on it now, and return memory a smaller cache_size
+        or drop_caches freed to the OS (RSS falls, not just malloc's free lists)."""
+        self.wake_background()
+        backing.malloc_trim()
 
     def wake_background(self) -> None:
         """Ask the background task to compress pending pages / shrink the pool."""
