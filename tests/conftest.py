@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -39,6 +41,15 @@ def mount_factory(tmp_path: Path) -> Iterator[MountFactory]:
     yield make
     for m in reversed(mounts):
         m.stop()
+
+
+@pytest.fixture
+def world_tmp() -> Iterator[Path]:
+    """A directory other users can traverse (pytest's tmp_path is private to root)."""
+    d = Path(tempfile.mkdtemp(prefix="zcachefs-world-"))
+    os.chmod(d, 0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -200,15 +199,6 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mount]:
         yield m
     finally:
         m.stop()
-
-
-@pytest.fixture
-def world_tmp() -> Iterator[Path]:
-    """A directory other users can traverse (pytest's tmp_path is private to root)."""
-    d = Path(tempfile.mkdtemp(prefix="zcachefs-ctl-"))
-    os.chmod(d, 0o755)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 # -- what is there ----------------------------------------------------------------------

@@ -22,8 +22,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -134,12 +132,8 @@ SECRETS = ("TOPSECRET",)
 
 
 @pytest.fixture
-def base() -> Iterator[Path]:
-    """A directory other users can traverse (pytest's tmp_path is private to root)."""
-    d = Path(tempfile.mkdtemp(prefix="zcachefs-escape-"))
-    os.chmod(d, 0o755)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
+def base(world_tmp: Path) -> Path:
+    return world_tmp
 
 
 def populate(base: Path) -> tuple[Path, Path]:

@@ -9,8 +9,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -107,15 +105,6 @@ def probe(root: Path) -> list[list[object]]:
          sys.executable, "-c", PROBE, str(root)],
         capture_output=True, text=True, timeout=60, check=True, cwd="/")
     return json.loads(out.stdout)  # type: ignore[no-any-return]
-
-
-@pytest.fixture
-def world_tmp() -> Iterator[Path]:
-    """A directory other users can traverse (pytest's tmp_path is private to root)."""
-    d = Path(tempfile.mkdtemp(prefix="zcachefs-perm-"))
-    os.chmod(d, 0o755)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def test_other_user_sees_same_permission_outcomes(world_tmp: Path) -> None:

@@ -8,12 +8,10 @@ import ast
 import functools
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -37,15 +35,6 @@ from zcachefs import control, statcli, stats
 from zcachefs.control import ACTIONS, KNOBS
 
 PKG = Path(statcli.__file__).resolve().parent
-
-
-@pytest.fixture
-def world_tmp() -> Iterator[Path]:
-    """A directory other users can traverse (pytest's tmp_path is private to root)."""
-    d = Path(tempfile.mkdtemp(prefix="zcachefs-stat-"))
-    os.chmod(d, 0o755)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def rows(out: str) -> list[list[str]]:

@@ -172,18 +172,21 @@ class Cache:
         tier1.put(key, page)
         if promoted:
             self.promoted.add(key)
+        if len(tier1.items) > self.capacity:
+            self._overflow()
+
+    def _overflow(self) -> None:
+        """Move tier 1's least recently used pages past capacity to pending."""
+        tier1, pending, promoted = self.tier1, self.pending, self.promoted
         items = tier1.items
-        if len(items) > self.capacity:
-            promoted_set = self.promoted
-            pending = self.pending
-            while len(items) > self.capacity:
-                old, data = tier1.pop_oldest()
-                was = old in promoted_set
-                if was:
-                    promoted_set.discard(old)
-                pending.put(old, PendingPage(old, data, was))
-            if len(pending.items) > MAX_PENDING:
-                self.compress_inline(len(pending.items) - MAX_PENDING)
+        while len(items) > self.capacity:
+            old, data = tier1.pop_oldest()
+            was = old in promoted
+            if was:
+                promoted.discard(old)
+            pending.put(old, PendingPage(old, data, was))
+        if len(pending.items) > MAX_PENDING:
+            self.compress_inline(len(pending.items) - MAX_PENDING)
 
     # -- compression ---------------------------------------------------------------
 
@@ -260,13 +263,7 @@ class Cache:
 
     def set_cache_size(self, nbytes: int) -> None:
         self.configured = self.capacity = max(1, nbytes // self.page_size)
-        while len(self.tier1) > self.capacity:
-            old, data = self.tier1.pop_oldest()
-            was = old in self.promoted
-            self.promoted.discard(old)
-            self.pending.put(old, PendingPage(old, data, was))
-            if len(self.pending) > MAX_PENDING:
-                self.compress_inline(len(self.pending) - MAX_PENDING)
+        self._overflow()
 
     def drop_oldest(self, pages: int) -> int:
         """Under memory pressure: drop up to `pages` pages from pending and tier 1,
