@@ -19,6 +19,7 @@ from zcachefs import codecs
 from zcachefs import pool as pool_module
 from zcachefs.pool import (
     ENTRY_OVERHEAD,
+    HEADER,
     CompressedPool,
     SlabArena,
     compress_page,
@@ -48,7 +49,9 @@ def peek(pool: CompressedPool, key: tuple[int, int]) -> bytes:
     e = pool.lru[key]
     if e.slab is None:
         return bytes((e.slot,)) * e.length
-    return codecs.BY_ID[e.codec].decompress(pool.arena.read(e.slab, e.slot, e.size), e.length)
+    blob = pool.arena.read(e.slab, e.slot, e.size)
+    assert blob is not None
+    return codecs.BY_ID[e.codec].decompress(blob, e.length)
 
 
 def check_pool(pool: CompressedPool) -> None:
@@ -67,8 +70,11 @@ def check_pool(pool: CompressedPool) -> None:
     slabs: dict[int, Any] = {}
     used: Counter[int] = Counter()
     slots = set()
-    for e in lru.values():
+    for key, e in lru.items():
         slab = e.slab
+        if slab is not None:
+            assert slab.keys[e.slot] == key, "a slot does not name its owner"
+            assert slab in arena.all
         if slab is None:
             if e.slot == 0:
                 zero += 1
@@ -80,7 +86,7 @@ def check_pool(pool: CompressedPool) -> None:
         slabs[id(slab)] = slab
         used[id(slab)] += 1
         slots.add((id(slab), e.slot))
-        assert e.size <= slab.size
+        assert e.size + HEADER <= slab.size
     stored = len(lru) - zero - same
     assert len(slots) == stored, "two entries share a slot"
     assert (pool.stored_pages, pool.zero_pages, pool.same_filled_pages) == (stored, zero, same)
@@ -612,20 +618,64 @@ def test_arena_cost_is_a_slab_or_nothing() -> None:
     arena = SlabArena(PS)
     assert arena.cost(100) == arena.slab_bytes  # a new slab must be mapped
     handle = arena.alloc(b"a" * 100)
-    assert arena.cost(100) == arena.cost(128) == 0  # a free slot in a mapped slab
-    assert arena.cost(129) == arena.slab_bytes  # another size class
+    # A free slot in a mapped slab (a slot holds the object and its 4-byte checksum).
+    assert arena.cost(100) == arena.cost(128 - HEADER) == 0
+    assert arena.cost(129 - HEADER) == arena.slab_bytes  # another size class
     arena.free(*handle)
     assert arena.cost(100) == 0  # the spare
     assert arena.trim() == arena.slab_bytes
     assert arena.cost(100) == arena.slab_bytes and arena.bytes_total == arena.slabs == 0
 
 
+def _lazyfree_kib() -> int:
+    with open("/proc/self/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("LazyFree:"):
+                return int(line.split()[1])
+    raise AssertionError("no LazyFree in smaps_rollup")
+
+
+def test_arena_hands_written_pages_to_the_kernel_as_lazy_free() -> None:
+    """Volatile slabs: after a write the slot's pages are MADV_FREE (smaps LazyFree)."""
+    arena = SlabArena(PS, slab_bytes=MiB)
+    assert arena.volatile
+    before = _lazyfree_kib()
+    handles = [arena.alloc(noise(i, 2000)) for i in range(256)]  # 256 x 2 KiB slots
+    assert _lazyfree_kib() - before >= 400
+    assert all(arena.read(*h, 2000) == noise(i, 2000) for i, h in enumerate(handles))
+    arena.close()
+
+
+def test_a_page_the_kernel_reclaimed_is_a_miss_never_wrong_data() -> None:
+    """What the kernel does to a lazy-free page under pressure (it reads back as zeros),
+    done here with MADV_DONTNEED: every entry on it fails its checksum at load, is
+    dropped and counted; entries on other pages still load."""
+    import mmap
+
+    pool = CompressedPool(PS, 64 * MiB, PS // 2)
+    for i in range(64):  # 64 x ~1 KiB blobs: several per page, some across pages
+        assert pool.store(1, i, page(i, 1000), LZ4)
+    slab = pool.lru[(1, 0)].slab
+    assert slab is not None
+    slab.buf.madvise(mmap.MADV_DONTNEED, 0, PS)  # the slab's first page is gone
+    lost = [i for i in range(64) if pool.lru[(1, i)].slab is slab
+            and pool.lru[(1, i)].slot * slab.size < PS]
+    assert lost
+    for i in range(64):
+        got = pool.load(1, i)
+        assert got == (None if i in lost else page(i, 1000)), i
+    assert pool.c.reclaimed_pages == len(lost)
+    assert pool.c.failed_gets == len(lost)
+    check_pool(pool)
+    assert pool.stored_pages == 0
+
+
 def test_arena_size_classes() -> None:
     arena = SlabArena(PS)
-    s64, _ = arena.alloc(b"x" * 64)
-    s65, _ = arena.alloc(b"x" * 65)
+    s64, _ = arena.alloc(b"x" * (64 - HEADER))
+    s65, _ = arena.alloc(b"x" * (65 - HEADER))
     s4k, _ = arena.alloc(b"x" * PS)
-    assert (s64.size, s65.size, s4k.size) == (64, 128, PS)
+    assert (s64.size, s65.size, s4k.size) == (64, 128, PS + 64)
     assert arena.slabs == 3
 
 
@@ -879,3 +929,27 @@ class PoolMachine(RuleBasedStateMachine):
 
 TestPoolModel = PoolMachine.TestCase
 TestPoolModel.settings = settings(max_examples=50, stateful_step_count=40, deadline=None)
+
+
+def test_drop_reclaimed_finds_discarded_pages_with_mincore() -> None:
+    """After the kernel discards lazy-free pages, drop_reclaimed removes exactly the
+    entries that touched them, so mem_used_total is true again."""
+    import mmap
+
+    pool = CompressedPool(PS, 64 * MiB, PS // 2)
+    for i in range(512):
+        assert pool.store(1, i, page(i, 1000), LZ4)
+    slabs = {id(e.slab): e.slab for e in pool.lru.values() if e.slab is not None}
+    assert pool.drop_reclaimed() == 0  # nothing discarded yet
+    victim = next(iter(slabs.values()))
+    assert victim is not None
+    victim.buf.madvise(mmap.MADV_DONTNEED)  # the whole slab is discarded
+    on_victim = {k for k, e in pool.lru.items() if e.slab is victim}
+    used = pool.mem_used_total
+    assert pool.drop_reclaimed() == len(on_victim)
+    assert pool.c.reclaimed_pages == len(on_victim)
+    assert not on_victim & set(pool.lru)
+    assert pool.mem_used_total < used
+    assert victim.buf.closed  # its last entry went: unmapped
+    check_pool(pool)
+    assert all(pool.load(*k) == page(k[1], 1000) for k in list(pool.lru))

@@ -67,7 +67,8 @@ class Cache:
     """See the module docstring."""
 
     def __init__(self, page_size: int, cache_size: int, memlimit: int, threshold: int,
-                 compressor: str = codecs.DEFAULT, accept_threshold_percent: int = 90) -> None:
+                 compressor: str = codecs.DEFAULT, accept_threshold_percent: int = 90,
+                 volatile: bool = True) -> None:
         self.page_size = page_size
         self.configured = max(1, cache_size // page_size)  # tier-1 pages, as configured
         self.capacity = self.configured  # in force (lower while under memory pressure)
@@ -75,7 +76,8 @@ class Cache:
         self.tier1: Tier[bytes] = Tier()
         self.promoted: set[Key] = set()  # tier-1 keys that came from a pool hit
         self.pending: Tier[PendingPage] = Tier()
-        self.pool = CompressedPool(page_size, memlimit, threshold, accept_threshold_percent)
+        self.pool = CompressedPool(page_size, memlimit, threshold, accept_threshold_percent,
+                                   volatile)
         self.c = CacheCounters()
         self._files: dict[bytes, FileState] = {}
         self._fids = itertools.count(1)

@@ -104,7 +104,7 @@ class Operations(pyfuse3.Operations):
         self.opts = opts
         self.page_size = opts.page_size
         self.cache = Cache(opts.page_size, opts.cache_size, opts.memlimit, opts.threshold,
-                           opts.compressor, opts.accept_threshold_percent)
+                           opts.compressor, opts.accept_threshold_percent, opts.volatile)
         self.controls = Controls(self.cache, ram, self._control_changed)
         self.ctl_name = opts.control.encode()
         self.ctl_names = Controls.names()

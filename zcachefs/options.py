@@ -156,6 +156,17 @@ def parse_seconds(text: str) -> float:
     return value
 
 
+def parse_interval(text: str) -> float:
+    """Parse a polling interval: 0.01 to 60 seconds (0 would make a task spin)."""
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise ValueError(f"expected seconds, got {text!r}") from None
+    if not 0.01 <= value <= 60.0:  # NaN fails this test too
+        raise ValueError(f"must be between 0.01 and 60 seconds, got {text!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class OptionSpec:
     """One zcachefs mount option."""
@@ -187,13 +198,17 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("pressure", parse_bool, True,
                "shrink the pool and tier 1 when the system or the daemon's cgroup runs "
                "short of memory (on/off)"),
+    OptionSpec("volatile", parse_bool, True,
+               "let the kernel discard pool pages itself under memory pressure (the "
+               "slabs are MADV_FREE; a discarded page is a miss, never wrong data). "
+               "off: the pool holds its memory until the watcher gives it back (on/off)"),
     OptionSpec("min_free", parse_size, Size(percent=5.0),
                "memory to keep available (system MemAvailable and cgroup headroom); below "
                "it the caches give memory back"),
     OptionSpec("pressure_psi", parse_int_range(0, 100), 10,
                "also shrink while PSI memory 'some avg10' is at least this % (0: ignore PSI)"),
-    OptionSpec("pressure_interval", parse_seconds, 0.2,
-               "seconds between memory-pressure checks"),
+    OptionSpec("pressure_interval", parse_interval, 0.2,
+               "seconds between memory-pressure checks (0.01 to 60)"),
     OptionSpec("control", parse_control_name, ".zcachefs",
                "name of the virtual control directory in the mount's root"),
     OptionSpec("threads", parse_int_range(1, 1024), 16,
@@ -220,6 +235,7 @@ class MountOptions:
     accept_threshold_percent: int = 90
     direct_io: bool = False
     pressure: bool = True
+    volatile: bool = True
     min_free: int = 0
     pressure_psi: int = 10
     pressure_interval: float = 0.2

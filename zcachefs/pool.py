@@ -8,6 +8,16 @@ exclusive (a hit frees the compressed copy). A newer store of a key replaces the
 Memory: compressed pages live in slabs (anonymous mmaps) split into slots of one size
 class each, the zsmalloc idea: a slab whose last object goes is unmapped, so freed pool
 memory returns to the operating system instead of fragmenting the malloc heap.
+
+Volatile slabs: every slot is written with a CRC-32 of its bytes and its pages are then
+marked MADV_FREE. The data stays, but the kernel may discard those pages whenever it
+needs memory (they sit on the inactive file LRU, so this works without swap), at
+reclaim speed, before any OOM kill: an application that allocates faster than the
+daemon can react (usemem) takes the pool's memory from the kernel, not from the daemon.
+A discarded page reads back as zeros; the checksum catches it at load, the entry is
+dropped and counted (`reclaimed_pages`), and the page is read from the file again. A
+later write to a slot's page makes that page ordinary memory until it is marked again,
+which alloc does after every write.
 `mem_used_total` = mapped slab bytes (slot rounding and free slots included) + a
 measured per-entry cost of the index (`ENTRY_OVERHEAD`).
 
@@ -29,7 +39,10 @@ a pool; compression may happen elsewhere (see `compress_page`).
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import mmap
+import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -41,6 +54,25 @@ from . import codecs
 ENTRY_OVERHEAD = 304
 
 SLAB_BYTES = 256 * 1024  # default slab; pools pick 64 KiB..1 MiB by memlimit (slab_size)
+HEADER = 4  # per slot: CRC-32 of the compressed bytes, little-endian
+_PAGE_MASK = mmap.PAGESIZE - 1
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+
+
+def resident_pages(buf: mmap.mmap) -> bytes:
+    """mincore(2) of a mapping: one byte per page, bit 0 set if the page is in memory
+    (for a lazy-free page: not yet discarded by the kernel)."""
+    n = (len(buf) + _PAGE_MASK) // mmap.PAGESIZE
+    vec = ctypes.create_string_buffer(n)
+    view = ctypes.c_char.from_buffer(buf)
+    try:
+        if _libc.mincore(ctypes.addressof(view), len(buf), vec) != 0:
+            raise OSError(ctypes.get_errno(), "mincore failed")
+    finally:
+        del view  # release the buffer export, or the mmap can never be closed
+    return vec.raw
 
 
 def slab_size(memlimit: int, max_object: int) -> int:
@@ -78,12 +110,12 @@ def compress_page(codec: codecs.Codec, page: bytes, threshold: int) -> Compresse
     return Compressed(len(page), codec.id, blob, poor=len(blob) > threshold)
 
 
-class _Slab:
+class Slab:
     """One mapping cut into `nslots` slots of `size` bytes. Slots are handed out by a
     bump pointer, then from the list of returned ones: the list holds only slots that
     were freed, not one int per slot (that cost up to half the slab in Python objects)."""
 
-    __slots__ = ("buf", "bump", "free", "nslots", "size", "used")
+    __slots__ = ("buf", "bump", "free", "keys", "nslots", "size", "used")
 
     def __init__(self, size: int, nbytes: int) -> None:
         # Private anonymous memory: counted as the daemon's own (anon), not as shared.
@@ -92,6 +124,8 @@ class _Slab:
         self.nslots = nbytes // size
         self.bump = 0  # slots below this have been handed out at least once
         self.free: list[int] = []  # returned slots below `bump`
+        # Per slot below `bump`: the key of the entry in it (None: a free slot).
+        self.keys: list[tuple[int, int] | None] = []
         self.used = 0
 
     @property
@@ -103,50 +137,74 @@ class SlabArena:
     """Size-classed slots in anonymous mmaps; empty slabs are unmapped."""
 
     def __init__(self, max_object: int, granularity: int = 64,
-                 slab_bytes: int = SLAB_BYTES) -> None:
+                 slab_bytes: int = SLAB_BYTES, volatile: bool = True) -> None:
         self.granularity = granularity
-        self.slab_bytes = max(slab_bytes, 16 * max_object)
+        # Volatile: written slots are handed to the kernel as MADV_FREE, so under memory
+        # pressure it may take them back at once (see the module docstring).
+        self.volatile = volatile and hasattr(mmap, "MADV_FREE")
+        self.slab_bytes = max(slab_bytes, 16 * max_object)  # 15 or more of the largest
+        max_object += HEADER
         self.spares = 0  # empty slabs kept mapped (one per class at most)
         nclasses = (max_object + granularity - 1) // granularity
         # Per class: slabs with at least one free slot (dict as an ordered set).
-        self._partial: list[dict[_Slab, None]] = [{} for _ in range(nclasses)]
+        self._partial: list[dict[Slab, None]] = [{} for _ in range(nclasses)]
+        self.all: dict[Slab, None] = {}  # every mapped slab, oldest first
         self.bytes_total = 0
         self.slabs = 0
 
     def cost(self, size: int) -> int:
         """Bytes the arena grows by to store an object of `size` bytes."""
-        return 0 if self._partial[(size - 1) // self.granularity] else self.slab_bytes
+        return 0 if self._partial[(size + HEADER - 1) // self.granularity] else self.slab_bytes
 
-    def alloc(self, blob: bytes) -> tuple[_Slab, int]:
-        """Store blob in a free slot of its size class; returns (slab, slot)."""
-        cls = (len(blob) - 1) // self.granularity
+    def alloc(self, blob: bytes, key: tuple[int, int] | None = None) -> tuple[Slab, int]:
+        """Store blob (and its checksum) in a free slot of its size class, remembering
+        its owner's key; returns (slab, slot)."""
+        cls = (len(blob) + HEADER - 1) // self.granularity
         partial = self._partial[cls]
         if partial:
             slab = next(reversed(partial))
             if not slab.used:
                 self.spares -= 1
         else:
-            slab = _Slab((cls + 1) * self.granularity, self.slab_bytes)
+            slab = Slab((cls + 1) * self.granularity, self.slab_bytes)
             partial[slab] = None
+            self.all[slab] = None
             self.bytes_total += self.slab_bytes
             self.slabs += 1
         if slab.free:
             slot = slab.free.pop()
+            slab.keys[slot] = key
         else:
             slot = slab.bump
             slab.bump += 1
+            slab.keys.append(key)
         slab.used += 1
         if slab.used == slab.nslots:
             del partial[slab]
         off = slot * slab.size
-        slab.buf[off:off + len(blob)] = blob
+        end = off + HEADER + len(blob)
+        buf = slab.buf
+        buf[off:off + HEADER] = zlib.crc32(blob).to_bytes(HEADER, "little")
+        buf[off + HEADER:end] = blob
+        if self.volatile:
+            start = off & ~_PAGE_MASK
+            try:
+                buf.madvise(mmap.MADV_FREE, start, ((end + _PAGE_MASK) & ~_PAGE_MASK) - start)
+            except OSError:  # a kernel without MADV_FREE (< 4.5): plain anonymous memory
+                self.volatile = False
         return slab, slot
 
-    def read(self, slab: _Slab, slot: int, length: int) -> bytes:
-        off = slot * slab.size
-        return slab.buf[off:off + length]
+    def read(self, slab: Slab, slot: int, length: int) -> bytes | None:
+        """The blob stored in slot, or None if the kernel reclaimed part of it (its
+        pages read back as zeros, so the checksum no longer matches)."""
+        off = slot * slab.size + HEADER
+        buf = slab.buf
+        blob = buf[off:off + length]
+        if zlib.crc32(blob) != int.from_bytes(buf[off - HEADER:off], "little"):
+            return None
+        return blob
 
-    def free(self, slab: _Slab, slot: int) -> None:
+    def free(self, slab: Slab, slot: int) -> None:
         partial = self._partial[(slab.size - 1) // self.granularity]
         was_full = slab.used == slab.nslots
         slab.used -= 1
@@ -154,15 +212,18 @@ class SlabArena:
             if len(partial) > (0 if was_full else 1):
                 # Empty, and its class has another slab with room: back to the OS.
                 partial.pop(slab, None)
+                del self.all[slab]
                 slab.buf.close()
                 self.bytes_total -= self.slab_bytes
                 self.slabs -= 1
                 return
             slab.free.clear()  # empty: start again from the bump pointer
+            slab.keys.clear()
             slab.bump = 0
             self.spares += 1
         else:
             slab.free.append(slot)
+            slab.keys[slot] = None
         if was_full:
             partial[slab] = None
 
@@ -175,6 +236,7 @@ class SlabArena:
         for partial in self._partial:
             for slab in [s for s in partial if s.used == 0]:
                 del partial[slab]
+                del self.all[slab]
                 slab.buf.close()
                 freed += self.slab_bytes
         self.bytes_total -= freed
@@ -186,13 +248,17 @@ class SlabArena:
             for slab in partial:
                 slab.buf.close()
             partial.clear()
+        for slab in self.all:
+            if not slab.buf.closed:
+                slab.buf.close()
+        self.all.clear()
         self.bytes_total = 0
 
 
 class _Entry:
     __slots__ = ("codec", "length", "referenced", "size", "slab", "slot")
 
-    def __init__(self, length: int, codec: int, slab: _Slab | None, slot: int, size: int,
+    def __init__(self, length: int, codec: int, slab: Slab | None, slot: int, size: int,
                  referenced: bool) -> None:
         self.length = length  # uncompressed bytes
         self.codec = codec  # 0: same-filled, `slot` holds the fill byte
@@ -214,6 +280,7 @@ class PoolCounters:
     reject_compress_poor: int = 0
     reject_alloc_fail: int = 0
     pool_limit_hit: int = 0
+    reclaimed_pages: int = 0
     mem_used_max: int = 0
 
 
@@ -221,7 +288,7 @@ class CompressedPool:
     """See the module docstring."""
 
     def __init__(self, page_size: int, memlimit: int, threshold: int,
-                 accept_threshold_percent: int = 90) -> None:
+                 accept_threshold_percent: int = 90, volatile: bool = True) -> None:
         self.page_size = page_size
         self.memlimit = memlimit  # as configured (the control knob)
         # Lower cap set by the memory-pressure watcher (None: no pressure). The pool
@@ -229,7 +296,8 @@ class CompressedPool:
         self.pressure_cap: int | None = None
         self.threshold = threshold
         self.accept_threshold_percent = accept_threshold_percent
-        self.arena = SlabArena(page_size, slab_bytes=slab_size(memlimit, page_size))
+        self.arena = SlabArena(page_size, slab_bytes=slab_size(memlimit, page_size),
+                               volatile=volatile)
         self.files: dict[int, dict[int, _Entry]] = {}
         self.lru: OrderedDict[tuple[int, int], _Entry] = OrderedDict()
         self.full = False
@@ -295,13 +363,14 @@ class CompressedPool:
         else:
             size = len(comp.blob)
             arena = self.arena
-            need = ENTRY_OVERHEAD + (0 if arena._partial[(size - 1) // arena.granularity]
+            need = ENTRY_OVERHEAD + (0 if arena._partial[(size + HEADER - 1)
+                                                         // arena.granularity]
                                      else arena.slab_bytes)
             used = arena.bytes_total + ENTRY_OVERHEAD * len(self.lru)
             if (self.full or used + need > self.limit) and not self._has_room(need):
                 return False
             try:
-                slab, slot = arena.alloc(comp.blob)
+                slab, slot = arena.alloc(comp.blob, key)
             except OSError:  # no new mapping (vm.max_map_count, overcommit): not stored
                 self.c.reject_alloc_fail += 1
                 return False
@@ -335,6 +404,11 @@ class CompressedPool:
             page = bytes((entry.slot,)) * entry.length
         else:
             blob = self.arena.read(entry.slab, entry.slot, entry.size)
+            if blob is None:  # reclaimed by the kernel under memory pressure
+                self._drop((fid, index))
+                self.c.failed_gets += 1
+                self.c.reclaimed_pages += 1
+                return None
             try:
                 page = codecs.BY_ID[entry.codec].decompress(blob, entry.length)
             except codecs.CodecError:
@@ -431,6 +505,41 @@ class CompressedPool:
         if self.full and self.mem_used_total <= self.accept_level:
             self.full = False
         return evicted
+
+    def drop_reclaimed(self, slabs: list[Slab] | None = None) -> int:
+        """Drop every entry the kernel discarded part of (see Volatile slabs), so that
+        mem_used_total counts what the pool really holds again; returns how many.
+
+        Looks at `slabs` (default: all; slabs unmapped since are skipped), one mincore
+        call each (~3 us), and at the slots of a slab only when one of its used pages
+        is gone: callers with a large pool pass the slabs in batches between awaits."""
+        if not self.arena.volatile:
+            return 0
+        shift = mmap.PAGESIZE.bit_length() - 1
+        lost: list[tuple[int, int]] = []
+        for slab in list(self.arena.all) if slabs is None else slabs:
+            if slab.buf.closed or not slab.used:
+                continue
+            size = slab.size
+            vec = resident_pages(slab.buf)
+            if all(b & 1 for b in vec[:((slab.bump * size - 1) >> shift) + 1]):
+                continue
+            for slot, key in enumerate(slab.keys):
+                if key is None:
+                    continue
+                off = slot * size
+                entry = self.lru[key]
+                if not all(b & 1 for b in vec[off >> shift:
+                                              ((off + HEADER + entry.size - 1) >> shift) + 1]):
+                    lost.append(key)
+        for key in lost:
+            self._drop(key)
+        self.c.reclaimed_pages += len(lost)
+        if self.arena.spares:
+            self.arena.trim()
+        if self.full and self.mem_used_total <= self.accept_level:
+            self.full = False
+        return len(lost)
 
     def set_memlimit(self, memlimit: int) -> None:
         """Change the limit; lowering it makes `needs_shrink` true until shrunk."""

@@ -29,8 +29,12 @@ import trio
 
 from .cache import Cache
 from .memory import cgroup_memory_dir
+from .pool import Slab
 
 log = logging.getLogger(__name__)
+
+RECONCILE_BATCH = 512  # slabs checked between checkpoints in a full pass
+RECONCILE_PER_TICK = 64  # slabs checked per calm tick: a 1 GiB pool every ~13 s
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
@@ -61,6 +65,8 @@ class PressureWatcher:
         self.wake = wake
         self.cgroup = cgroup_memory_dir()
         self.last_release_s = 0.0  # duration of the last release (pressure -> freed)
+        self._scan: list[Slab] = []  # the slabs of the current reconcile pass
+        self._scan_at = 0
 
     # -- measuring -----------------------------------------------------------------
 
@@ -104,6 +110,32 @@ class PressureWatcher:
                     if field.startswith("avg10="):
                         return float(field[6:])
         return 0.0
+
+    def pressed(self, s: Sample) -> bool:
+        return s.headroom < self.min_free or (
+            bool(self.psi_threshold) and s.psi_some_avg10 >= self.psi_threshold)
+
+    # -- what the kernel took (volatile slabs) -------------------------------------
+
+    def reconcile_some(self, nslabs: int) -> int:
+        """Check the next `nslabs` slabs of a round-robin pass for pages the kernel
+        discarded, and drop their entries; returns how many entries."""
+        pool = self.cache.pool
+        if self._scan_at >= len(self._scan):
+            self._scan, self._scan_at = list(pool.arena.all), 0
+        batch = self._scan[self._scan_at:self._scan_at + nslabs]
+        self._scan_at += nslabs
+        return pool.drop_reclaimed(batch)
+
+    async def reconcile_all(self) -> int:
+        """A whole pass, in batches with checkpoints in between (a 10 GiB pool has
+        40,000 slabs: ~0.1 s of mincore calls)."""
+        self._scan, self._scan_at = [], 0
+        lost = self.reconcile_some(RECONCILE_BATCH)
+        while self._scan_at < len(self._scan):
+            await trio.sleep(0)
+            lost += self.reconcile_some(RECONCILE_BATCH)
+        return lost
 
     # -- reacting (trio thread, no await inside) -----------------------------------
 
@@ -162,7 +194,15 @@ class PressureWatcher:
                     with trio.move_on_after(self.interval):
                         await trio.lowlevel.wait_readable(efd)
                         os.eventfd_read(efd)
-                self.react(self.sample())
+                s = self.sample()
+                if self.pressed(s):
+                    # First drop what the kernel already took, so that the pool's
+                    # accounting (and the cap below) starts from the truth.
+                    if await self.reconcile_all():
+                        s = self.sample()
+                else:
+                    self.reconcile_some(RECONCILE_PER_TICK)
+                self.react(s)
         finally:
             if efd is not None:
                 os.close(efd)

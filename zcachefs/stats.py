@@ -54,6 +54,9 @@ COUNTERS: dict[str, tuple[str, str]] = {
                        "stores refused because the pool was at its limit (or, once full, "
                        "not yet back under accept_threshold_percent)"),
     "reject_alloc_fail": ("counter", "stores refused because no slab could be mapped"),
+    "reclaimed_pages": ("counter",
+                        "pool pages the kernel discarded under memory pressure (the pool's "
+                        "slabs are MADV_FREE); dropped, read again from the file"),
     "backing_reads": ("counter", "read calls made on backing files to fill the cache"),
     "backing_read_bytes": ("counter", "bytes read from backing files to fill the cache"),
     "hit_ratio": ("gauge", "(cache_hits + hits) / page lookups"),
@@ -90,6 +93,7 @@ def snapshot(cache: Cache) -> Mapping[str, float]:
         "reject_compress_poor": pc.reject_compress_poor,
         "pool_limit_hit": pc.pool_limit_hit,
         "reject_alloc_fail": pc.reject_alloc_fail,
+        "reclaimed_pages": pc.reclaimed_pages,
         "backing_reads": cc.backing_reads,
         "backing_read_bytes": cc.backing_read_bytes,
         "hit_ratio": round((cc.cache_hits + pc.succ_gets) / lookups, 4) if lookups else 0.0,
