@@ -141,6 +141,36 @@ def test_forget_file_keeps_state_while_pages_or_handles_need_it() -> None:
     cache.forget_file(b"never-seen")
 
 
+def test_a_forgotten_state_goes_when_its_last_page_leaves() -> None:
+    """Forgotten with pages cached, the state stays; once the pages are evicted (any
+    path) later forgets or the background sweep drop it, and the number of forgotten
+    states never grows past the files that still have pages."""
+    cache = new_cache(pages=2, memlimit=0)  # pages leave tier 1 for good
+    for i in range(200):
+        ident = b"f%d" % i
+        state = opened(cache, ident)
+        fill(cache, state, 0, [page(i)])
+        cache.forget_file(ident)
+        cache.compress_inline(len(cache.pending))  # refused by the empty pool: gone
+        with_pages = sum(cache.has_pages(s.fid) for s in cache._forgotten.values())
+        assert cache.forgotten_count <= 2 * with_pages + 2
+    assert cache.file_count <= 6
+    assert cache.sweep_forgotten(cache.forgotten_count) >= 0
+    assert cache.file_count == sum(cache.has_pages(s.fid) for s in cache._files.values())
+    cache.drop_all()
+    assert cache.file_count == cache.forgotten_count == 0
+
+
+def test_a_forgotten_state_looked_up_again_is_kept() -> None:
+    cache = new_cache()
+    state = opened(cache, b"a")
+    fill(cache, state, 0, [page(0)])
+    cache.forget_file(b"a")
+    assert cache.file(b"a") is state and cache.forgotten_count == 0
+    cache.invalidate_file(state)
+    assert cache.sweep_forgotten(10) == 0 and cache.file(b"a") is state
+
+
 def test_read_racing_an_outside_change_is_not_cached() -> None:
     cache = new_cache()
     state = opened(cache, sig=(PS, 1, 1))

@@ -749,10 +749,6 @@ trio.run(main)
 '''
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a file forgotten by the kernel while its pages "
-                   "are still cached keeps its FileState forever: Cache.forget_file skips it "
-                   "and nothing drops it when those pages are evicted later (~350 bytes per "
-                   "file, so RSS grows without bound over many files)")
 def test_memory_per_file_is_released_when_the_kernel_forgets_it(tmp_path: Path) -> None:
     """Open, read, release, forget and unlink 5,000 files through the Operations
     adapter (in-process, no mount; the background task is not running, so each file's

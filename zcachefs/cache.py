@@ -80,6 +80,9 @@ class Cache:
                                    volatile)
         self.c = CacheCounters()
         self._files: dict[bytes, FileState] = {}
+        # States the kernel forgot while they still had pages: dropped once those pages
+        # are gone (swept a few per forget, and by the background task).
+        self._forgotten: dict[bytes, FileState] = {}
         self._fids = itertools.count(1)
 
     # -- files ---------------------------------------------------------------------
@@ -88,6 +91,8 @@ class Cache:
         state = self._files.get(identity)
         if state is None:
             state = self._files[identity] = FileState(next(self._fids))
+        elif self._forgotten:
+            self._forgotten.pop(identity, None)  # the kernel knows the file again
         return state
 
     @property
@@ -102,8 +107,33 @@ class Cache:
         """The kernel forgot the inode: drop its FileState unless pages or handles still
         need it (so a walk over millions of files does not keep a state per file)."""
         state = self._files.get(identity)
-        if state is not None and not state.opens and not self.has_pages(state.fid):
+        if state is None:
+            return
+        if not state.opens and not self.has_pages(state.fid):
             del self._files[identity]
+            self._forgotten.pop(identity, None)
+        else:
+            self._forgotten[identity] = state
+        # Two looked at per one added: the states kept for their pages stay bounded
+        # by the pages cached, whatever the workload.
+        self.sweep_forgotten(2)
+
+    def sweep_forgotten(self, n: int) -> int:
+        """Look at up to n forgotten states, oldest first; drop those whose pages and
+        handles are all gone, move the others to the back. Returns how many dropped."""
+        forgotten, dropped = self._forgotten, 0
+        for identity in list(itertools.islice(forgotten, n)):
+            state = forgotten.pop(identity)
+            if state.opens or self.has_pages(state.fid):
+                forgotten[identity] = state
+            else:
+                del self._files[identity]
+                dropped += 1
+        return dropped
+
+    @property
+    def forgotten_count(self) -> int:
+        return len(self._forgotten)
 
     def opened(self, state: FileState, sig: tuple[int, int, int]) -> bool:
         """Record an open; drops the file's pages if it changed since the last one.
@@ -260,6 +290,7 @@ class Cache:
         self.pool.clear()
         for state in self._files.values():
             state.tail = None
+        self.sweep_forgotten(len(self._forgotten))
 
     # -- knobs ---------------------------------------------------------------------
 

@@ -51,6 +51,7 @@ _READDIR_BATCH = 128
 _COMPRESS_BATCH = 64
 # Pool entries evicted per shrink step before yielding to requests.
 _SHRINK_BATCH = 512
+_SWEEP_BATCH = 256  # forgotten file states looked at per background round
 _CTL_DIR = CONTROL_BASE
 _CTL_FH = 1 << 40  # control-file handles count from here (real fds are far below)
 _XATTR_PREFIX = "user.zcachefs."
@@ -305,6 +306,8 @@ class Operations(pyfuse3.Operations):
                 if not pool.last_scanned:
                     break  # nothing left to evict (e.g. only slabs of same-size spares)
                 await trio.lowlevel.checkpoint()
+            if cache.forgotten_count:
+                cache.sweep_forgotten(_SWEEP_BATCH)
             if not batch and not evicted:
                 await self._wakeup.wait()
             else:
