@@ -412,10 +412,7 @@ def oob_mounts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, M
 
 @pytest.mark.parametrize("mode", [
     "direct_io", "kernel_cache_zero_timeouts",
-    pytest.param("kernel_cache", marks=pytest.mark.xfail(strict=True, reason=(
-        "BUG: with the default attr_timeout the kernel keeps the old file size after an "
-        "outside change, and open() does not refresh it: the next open reads a stale "
-        "length (e.g. b'' after the backing file grew to 1 byte)")))])
+    "kernel_cache"])
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
 @given(initial=st.binary(min_size=0, max_size=5 * 4096), script=steps)
 def test_outside_changes_are_seen_at_the_next_open(
@@ -439,15 +436,9 @@ def test_outside_changes_are_seen_at_the_next_open(
         assert through.read_bytes() == src.read_bytes(), step
 
 
-STALE_NAME = pytest.mark.xfail(strict=True, reason=(
-    "BUG: with the default entry_timeout the kernel still maps the name to the replaced "
-    "inode; while that inode lives (a reader has it open) open() serves it although it "
-    "is unlinked (st_nlink 0): the old content after the next open"))
-
-
 @pytest.mark.parametrize("opts", [
     "direct_io,entry_timeout=0,attr_timeout=0", "entry_timeout=0,attr_timeout=0",
-    pytest.param("direct_io", marks=STALE_NAME), pytest.param("default", marks=STALE_NAME)])
+    "direct_io", "default"])
 def test_file_replaced_outside_is_seen_at_the_next_open(
         opts: str, mount_factory: MountFactory) -> None:
     """rename() over the file in SOURCE: a new inode. The next open must find it, not
@@ -463,6 +454,38 @@ def test_file_replaced_outside_is_seen_at_the_next_open(
             old = old_reader.read()
             Outside(src).replace(data)
             assert through.read_bytes() == data, (i, len(old))
+
+
+@pytest.mark.parametrize("opts", ["direct_io", "default"])
+def test_file_unlinked_outside_is_gone_at_the_next_open(
+        opts: str, mount_factory: MountFactory) -> None:
+    """The kernel still has the name (entry_timeout) and a reader keeps the inode: the
+    next open by name fails with ENOENT instead of serving the deleted file."""
+    m = mount_factory(options=f"{opts},memlimit=1M,cache_size=64K".replace("default,", ""))
+    src, through = m.source / "f", m.mountpoint / "f"
+    src.write_bytes(b"doomed")
+    with open(through, "rb") as reader:
+        assert reader.read() == b"doomed"
+        src.unlink()
+        with pytest.raises(FileNotFoundError):
+            through.read_bytes()
+        assert os.pread(reader.fileno(), 6, 0) == b"doomed"  # the old handle still works
+
+
+def test_file_unlinked_through_the_mount_can_be_reopened_from_proc(
+        mount_factory: MountFactory) -> None:
+    """Deleted-but-open files reopen through /proc/PID/fd as on any filesystem (the
+    ESTALE for stale names is only for names the kernel does not know are gone)."""
+    m = mount_factory(options="memlimit=1M,cache_size=64K")
+    through = m.mountpoint / "f"
+    through.write_bytes(b"still here")
+    fd = os.open(through, os.O_RDONLY)
+    try:
+        through.unlink()
+        with open(f"/proc/self/fd/{fd}", "rb") as again:
+            assert again.read() == b"still here"
+    finally:
+        os.close(fd)
 
 
 def test_file_changed_outside_while_open_is_seen_by_a_new_open(

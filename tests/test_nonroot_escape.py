@@ -234,9 +234,6 @@ def test_no_escape_through_modes_symlinks_or_dotdot(base: Path) -> None:
     assert not (base / "outside_private" / "new").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: setting the times of a symlink itself "
-                   "(utimensat AT_SYMLINK_NOFOLLOW: touch -h, cp -a, rsync -a, tar) fails "
-                   "with EOPNOTSUPP: Backing.setattr refuses 'utimes of a symlink'")
 def test_owner_can_set_the_times_of_a_symlink(base: Path) -> None:
     src, mnt = populate(base)
     with Mount(src, mnt, "allow_other", log=base / "daemon.log"):

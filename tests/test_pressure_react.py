@@ -65,3 +65,29 @@ def test_relief_lifts_the_cap_step_by_step() -> None:
         assert steps < 20
     assert steps > 1  # gradual, not all at once
     assert cache.pool.limit == cache.pool.memlimit
+
+
+def test_reconcile_drops_what_the_kernel_took_in_round_robin_batches() -> None:
+    """Discard two slabs (MADV_DONTNEED does to them what reclaim does to lazy-free
+    pages); calm ticks find them a few slabs at a time, a full pass at once."""
+    import mmap
+
+    import trio
+
+    cache = filled_cache()
+    pool = cache.pool
+    slabs = [s for s in pool.arena.all if s.used]
+    assert len(slabs) >= 4
+    w = watcher(cache)
+    assert w.reconcile_some(len(slabs)) == 0  # nothing discarded yet
+    slabs[0].buf.madvise(mmap.MADV_DONTNEED)
+    lost0 = slabs[0].used
+    found = 0
+    for _ in range(len(slabs)):  # one slab per tick: a whole round finds it
+        found += w.reconcile_some(1)
+    assert found == lost0 == pool.c.reclaimed_pages
+    slabs[1].buf.madvise(mmap.MADV_DONTNEED)
+    lost1 = slabs[1].used
+    assert trio.run(w.reconcile_all) == lost1
+    assert pool.c.reclaimed_pages == lost0 + lost1
+    assert all(pool.load(*key) is not None for key in list(pool.lru)[:50])

@@ -260,6 +260,7 @@ class Operations(pyfuse3.Operations):
         a.st_ctime_ns = st.st_ctime_ns
         a.attr_timeout = self.opts.attr_timeout
         a.entry_timeout = self.opts.entry_timeout
+        inode.told = (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         return a
 
     def _remember(self, found: Found, parent: Inode) -> pyfuse3.EntryAttributes:
@@ -426,7 +427,7 @@ class Operations(pyfuse3.Operations):
     async def unlink(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT,
                      ctx: pyfuse3.RequestContext) -> None:
         parent = self._parent(parent_inode, name)
-        await self._run(_caller(ctx), self.backing.unlink, parent.ref, name)
+        self._unlinked(await self._run(_caller(ctx), self.backing.unlink, parent.ref, name))
 
     async def rmdir(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT,
                     ctx: pyfuse3.RequestContext) -> None:
@@ -438,8 +439,15 @@ class Operations(pyfuse3.Operations):
                      flags: pyfuse3.FlagT, ctx: pyfuse3.RequestContext) -> None:
         old = self._parent(parent_inode_old, name_old)
         new = self._parent(parent_inode_new, name_new)
-        await self._run(_caller(ctx), self.backing.rename, old.ref, name_old, new.ref,
-                        name_new, int(flags))
+        self._unlinked(await self._run(_caller(ctx), self.backing.rename, old.ref, name_old,
+                                       new.ref, name_new, int(flags)))
+
+    def _unlinked(self, st: os.stat_result | None) -> None:
+        """A name went through the mount; if it was the file's last, mark the inode."""
+        if st is not None and st.st_nlink <= 1:
+            node = self.inodes.find(st.st_dev, st.st_ino)
+            if node is not None:
+                node.gone = True
 
     # -- files ---------------------------------------------------------------------
 
@@ -467,6 +475,20 @@ class Operations(pyfuse3.Operations):
             return self._ctl_open(inode, flags, ctx)
         node = self._inode(inode)
         fd, st, off = await self._run(_caller(ctx), self.backing.open, node.ref, flags)
+        if st.st_nlink == 0 and not node.gone and stat_mod.S_ISREG(st.st_mode):
+            # Unlinked or replaced in SOURCE while the kernel still maps a name to it
+            # (entry_timeout): ESTALE makes the VFS look the name up again and open
+            # what it names now (or fail with ENOENT), not the old file.
+            os.close(fd)
+            raise FUSEError(errno.ESTALE)
+        sig = (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        if node.told is not None and node.told != sig:
+            # Changed outside since the kernel cached its attributes (attr_timeout):
+            # make it ask again, or it reads with the old size. Attributes only: no
+            # page lock is taken, so this is safe inside the open request.
+            node.told = sig
+            with contextlib.suppress(OSError):
+                pyfuse3.invalidate_inode(inode, attr_only=True)
         return self._file_info(fd, node, flags, st, off)
 
     async def create(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT,

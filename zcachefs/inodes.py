@@ -51,6 +51,11 @@ class Inode:
     # Per-file policy: user.zcachefs.cache=off on the inode itself or on the directory
     # it was (last) looked up in, or any directory above: bypass both cache tiers.
     cache_off: bool = False
+    # (size, mtime_ns, ctime_ns) last sent to the kernel, which caches it attr_timeout.
+    told: tuple[int, int, int] | None = None
+    # Its last name was unlinked (or renamed over) through the mount: the kernel knows
+    # the name is gone, so an open of it is a reopen (/proc/PID/fd), not a stale name.
+    gone: bool = False
 
     @property
     def identity(self) -> bytes:
@@ -100,6 +105,10 @@ class InodeTable:
         self._by_id[nodeid] = inode
         self._by_key[(dev, ino)] = inode
         return inode, None
+
+    def find(self, dev: int, ino: int) -> Inode | None:
+        """The inode the kernel knows for the backing (dev, ino), if any."""
+        return self._by_key.get((dev, ino))
 
     def forget(self, nodeid: int, count: int) -> int | None:
         """Drop `count` lookups; returns a held descriptor to close when the entry goes."""
