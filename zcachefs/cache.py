@@ -83,6 +83,7 @@ class Cache:
         # States the kernel forgot while they still had pages: dropped once those pages
         # are gone (swept a few per forget, and by the background task).
         self._forgotten: dict[bytes, FileState] = {}
+        self.kernel_inodes = 0  # set by the adapter: inodes the kernel knows (a gauge)
         self._fids = itertools.count(1)
 
     # -- files ---------------------------------------------------------------------

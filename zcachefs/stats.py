@@ -41,6 +41,8 @@ COUNTERS: dict[str, tuple[str, str]] = {
     "cache_size": ("gauge", "tier-1 (uncompressed page cache) limit in bytes"),
     "cache_pages": ("gauge", "pages in tier 1, including those waiting for compression"),
     "cache_files": ("gauge", "files the cache keeps state for (open, or with cached pages)"),
+    "inodes": ("gauge", "backing inodes the kernel holds references to (each costs the "
+                        "daemon ~1 KiB and an O_PATH descriptor until the kernel forgets it)"),
     "hits": ("counter", "page lookups that found the page in the compressed pool"),
     "misses": ("counter", "page lookups that found the page in no tier"),
     "cache_hits": ("counter", "page lookups served by tier 1"),
@@ -83,6 +85,7 @@ def snapshot(cache: Cache) -> Mapping[str, float]:
         "cache_size": cache.configured * cache.page_size,
         "cache_pages": len(cache.tier1) + len(cache.pending),
         "cache_files": cache.file_count,
+        "inodes": cache.kernel_inodes,
         "hits": pc.succ_gets,
         "misses": pc.failed_gets,
         "cache_hits": cc.cache_hits,
