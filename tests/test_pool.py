@@ -635,13 +635,22 @@ def _lazyfree_kib() -> int:
     raise AssertionError("no LazyFree in smaps_rollup")
 
 
-def test_arena_hands_written_pages_to_the_kernel_as_lazy_free() -> None:
-    """Volatile slabs: after a write the slot's pages are MADV_FREE (smaps LazyFree)."""
+def test_arena_hands_its_pages_to_the_kernel_only_while_volatile() -> None:
+    """Volatile slabs: set_volatile(True) marks the used pages MADV_FREE (smaps
+    LazyFree), and slots written meanwhile too; set_volatile(False) makes them ordinary
+    memory again; the data never changes."""
     arena = SlabArena(PS, slab_bytes=MiB)
-    assert arena.volatile
+    assert arena.can_volatile and not arena.volatile
     before = _lazyfree_kib()
-    handles = [arena.alloc(noise(i, 2000)) for i in range(256)]  # 256 x 2 KiB slots
+    handles = [arena.alloc(noise(i, 2000)) for i in range(128)]  # 128 x 2 KiB slots
+    assert _lazyfree_kib() - before < 64  # ordinary memory by default
+    assert arena.set_volatile(True) >= 64
+    assert _lazyfree_kib() - before >= 200
+    handles += [arena.alloc(noise(i, 2000)) for i in range(128, 256)]
     assert _lazyfree_kib() - before >= 400
+    assert arena.set_volatile(False) >= 100
+    assert _lazyfree_kib() - before < 64
+    assert not arena.lazy
     assert all(arena.read(*h, 2000) == noise(i, 2000) for i, h in enumerate(handles))
     arena.close()
 
@@ -940,6 +949,7 @@ def test_drop_reclaimed_finds_discarded_pages_with_mincore() -> None:
     for i in range(512):
         assert pool.store(1, i, page(i, 1000), LZ4)
     slabs = {id(e.slab): e.slab for e in pool.lru.values() if e.slab is not None}
+    pool.set_volatile(True)
     assert pool.drop_reclaimed() == 0  # nothing discarded yet
     victim = next(iter(slabs.values()))
     assert victim is not None

@@ -79,6 +79,7 @@ def test_reconcile_drops_what_the_kernel_took_in_round_robin_batches() -> None:
     slabs = [s for s in pool.arena.all if s.used]
     assert len(slabs) >= 4
     w = watcher(cache)
+    w.volatile(True)
     assert w.reconcile_some(len(slabs)) == 0  # nothing discarded yet
     slabs[0].buf.madvise(mmap.MADV_DONTNEED)
     lost0 = slabs[0].used
@@ -91,3 +92,18 @@ def test_reconcile_drops_what_the_kernel_took_in_round_robin_batches() -> None:
     assert trio.run(w.reconcile_all) == lost1
     assert pool.c.reclaimed_pages == lost0 + lost1
     assert all(pool.load(*key) is not None for key in list(pool.lru)[:50])
+    w.volatile(False)
+    assert not pool.arena.lazy and not pool.arena.volatile
+
+
+def test_pressure_makes_the_pool_volatile_and_relief_takes_it_back() -> None:
+    cache = filled_cache()
+    w = watcher(cache)
+    s = Sample(headroom=0, psi_some_avg10=0.0)
+    assert w.pressed(s)
+    w.volatile(True)  # what run() does first on a pressed sample
+    w.react(s)
+    assert cache.pool.arena.volatile
+    for _ in range(20):
+        w.react(Sample(headroom=1 << 40, psi_some_avg10=0.0))
+    assert cache.pool.pressure_cap is None and not cache.pool.arena.volatile

@@ -5,11 +5,15 @@ warning threshold (a cgroup v1 usage threshold eventfd, where available), it mea
 the headroom: the smaller of the system's MemAvailable and the cgroup's limit minus
 its working set (usage minus inactive file pages, which the kernel reclaims first).
 When the headroom is below `min_free`, or PSI memory "some avg10" is at least
-`pressure_psi`, it caps the pool below its memlimit by the deficit (and at least 1/8 of
-the pool), shrinks tier 1 likewise, evicts at once and returns freed heap memory to
-the OS (malloc_trim); the pool's slabs are munmapped as they empty. When the headroom
-is back above twice `min_free` and PSI is calm, the cap rises by 1/8 of memlimit per
-tick until it is lifted.
+`pressure_psi`, it first makes the pool's slabs volatile (MADV_FREE, see pool.py: the
+kernel may then take them back at reclaim speed, faster than any eviction), then caps
+the pool below its memlimit by the deficit (and at least 1/8 of the pool), shrinks
+tier 1 likewise, evicts at once and returns freed heap memory to the OS
+(malloc_trim); the pool's slabs are munmapped as they empty. When the headroom is back
+above twice `min_free` and PSI is calm, the cap rises by 1/8 of memlimit per tick until
+it is lifted; then the slabs become ordinary memory again. While they are volatile,
+the headroom does not count them as reclaimable, and the entries on pages the kernel
+discarded are found with mincore and dropped.
 
 Adapter side: uses trio and psutil. Runs as a task in the daemon's nursery.
 """
@@ -53,6 +57,14 @@ def _read(path: str) -> str | None:
         return None
 
 
+def _lazy_free_bytes() -> int:
+    """This process's MADV_FREE pages not yet discarded (smaps_rollup LazyFree)."""
+    for line in (_read("/proc/self/smaps_rollup") or "").splitlines():
+        if line.startswith("LazyFree:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
 class PressureWatcher:
     """See the module docstring."""
 
@@ -75,6 +87,10 @@ class PressureWatcher:
         cg = self._cgroup_headroom()
         if cg is not None:
             headroom = min(headroom, cg)
+        if self.cache.pool.arena.lazy:
+            # Lazy-free pool pages count as inactive file memory (reclaimable) in both
+            # figures: the pool's own would make the pressure look over while it lasts.
+            headroom -= _lazy_free_bytes()
         return Sample(headroom, self._psi())
 
     def _cgroup_headroom(self) -> int | None:
@@ -116,6 +132,18 @@ class PressureWatcher:
             bool(self.psi_threshold) and s.psi_some_avg10 >= self.psi_threshold)
 
     # -- what the kernel took (volatile slabs) -------------------------------------
+
+    def volatile(self, on: bool) -> None:
+        """Hand the pool to the kernel (on, first thing under pressure: one madvise
+        per slab, ~10 ms for a 256 MiB pool) or take it back (off, once the cap is
+        lifted)."""
+        pool = self.cache.pool
+        if on == pool.arena.volatile or not pool.arena.can_volatile:
+            return
+        t0 = time.monotonic()
+        pool.set_volatile(on)
+        log.info("pool slabs %s in %.1f ms", "volatile (MADV_FREE): the kernel may take them"
+                 if on else "ordinary memory again", (time.monotonic() - t0) * 1000)
 
     def reconcile_some(self, nslabs: int) -> int:
         """Check the next `nslabs` slabs of a round-robin pass for pages the kernel
@@ -177,6 +205,8 @@ class PressureWatcher:
             pool.set_pressure_cap(None if cap >= pool.memlimit else cap)
             if pool.pressure_cap is None:
                 log.info("memory pressure over: pool limit back to %d bytes", pool.memlimit)
+        if pool.pressure_cap is None:
+            self.volatile(False)
         cache = self.cache
         if cache.capacity < cache.configured:
             cache.capacity = min(cache.configured, cache.capacity + max(1, cache.configured // 8))
@@ -196,11 +226,12 @@ class PressureWatcher:
                         os.eventfd_read(efd)
                 s = self.sample()
                 if self.pressed(s):
-                    # First drop what the kernel already took, so that the pool's
-                    # accounting (and the cap below) starts from the truth.
+                    self.volatile(True)
+                    # Drop what the kernel already took, so that the pool's accounting
+                    # (and the cap below) starts from the truth.
                     if await self.reconcile_all():
                         s = self.sample()
-                else:
+                elif self.cache.pool.arena.lazy:
                     self.reconcile_some(RECONCILE_PER_TICK)
                 self.react(s)
         finally:
