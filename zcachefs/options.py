@@ -199,9 +199,9 @@ OPTIONS: tuple[OptionSpec, ...] = (
                "shrink the pool and tier 1 when the system or the daemon's cgroup runs "
                "short of memory (on/off)"),
     OptionSpec("volatile", parse_bool, True,
-               "let the kernel discard pool pages itself under memory pressure (the "
-               "slabs are MADV_FREE; a discarded page is a miss, never wrong data). "
-               "off: the pool holds its memory until the watcher gives it back (on/off)"),
+               "while memory is short, make the pool's slabs MADV_FREE so the kernel can "
+               "take them back at once (a discarded page is a miss, never wrong data); "
+               "off: only eviction gives memory back (on/off)"),
     OptionSpec("min_free", parse_size, Size(percent=5.0),
                "memory to keep available (system MemAvailable and cgroup headroom); below "
                "it the caches give memory back"),

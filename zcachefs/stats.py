@@ -57,8 +57,8 @@ COUNTERS: dict[str, tuple[str, str]] = {
                        "not yet back under accept_threshold_percent)"),
     "reject_alloc_fail": ("counter", "stores refused because no slab could be mapped"),
     "reclaimed_pages": ("counter",
-                        "pool pages the kernel discarded under memory pressure (the pool's "
-                        "slabs are MADV_FREE); dropped, read again from the file"),
+                        "pool pages the kernel discarded while memory was short (the "
+                        "slabs are MADV_FREE then); dropped, read again from the file"),
     "backing_reads": ("counter", "read calls made on backing files to fill the cache"),
     "backing_read_bytes": ("counter", "bytes read from backing files to fill the cache"),
     "hit_ratio": ("gauge", "(cache_hits + hits) / page lookups"),
