@@ -145,26 +145,24 @@ def parse_control_name(text: str) -> str:
     return name
 
 
-def parse_seconds(text: str) -> float:
-    """Parse a non-negative number of seconds (a kernel cache timeout)."""
+def _seconds_between(text: str, low: float, high: float) -> float:
     try:
         value = float(text.strip())
     except ValueError:
         raise ValueError(f"expected seconds, got {text!r}") from None
-    if not 0.0 <= value <= 86400.0:  # NaN fails this test too
-        raise ValueError(f"must be between 0 and 86400 seconds, got {text!r}")
+    if not low <= value <= high:  # NaN fails this test too
+        raise ValueError(f"must be between {low:g} and {high:g} seconds, got {text!r}")
     return value
+
+
+def parse_seconds(text: str) -> float:
+    """Parse a non-negative number of seconds (a kernel cache timeout)."""
+    return _seconds_between(text, 0.0, 86400.0)
 
 
 def parse_interval(text: str) -> float:
     """Parse a polling interval: 0.01 to 60 seconds (0 would make a task spin)."""
-    try:
-        value = float(text.strip())
-    except ValueError:
-        raise ValueError(f"expected seconds, got {text!r}") from None
-    if not 0.01 <= value <= 60.0:  # NaN fails this test too
-        raise ValueError(f"must be between 0.01 and 60 seconds, got {text!r}")
-    return value
+    return _seconds_between(text, 0.01, 60.0)
 
 
 @dataclass(frozen=True)
