@@ -24,6 +24,7 @@ Pure core: must not import pyfuse3, trio or psutil. Not thread-safe (trio thread
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import codecs
@@ -83,7 +84,8 @@ class Cache:
         # States the kernel forgot while they still had pages: dropped once those pages
         # are gone (swept a few per forget, and by the background task).
         self._forgotten: dict[bytes, FileState] = {}
-        self.kernel_inodes = 0  # set by the adapter: inodes the kernel knows (a gauge)
+        # Set by the adapter: how many inodes the kernel holds (the `inodes` gauge).
+        self.inodes_known: Callable[[], int] = lambda: 0
         self._fids = itertools.count(1)
 
     # -- files ---------------------------------------------------------------------

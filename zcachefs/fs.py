@@ -117,6 +117,7 @@ class Operations(pyfuse3.Operations):
         self.enable_acl = opts.default_permissions
         self.backing = Backing(root_fd)
         self.inodes = InodeTable(self.backing.root_ref, st.st_dev, st.st_ino, st.st_mode)
+        self.cache.inodes_known = self.inodes.__len__
         self.files: dict[int, FileHandle] = {}
         self.dirs: dict[int, DirHandle] = {}
         self.limiter = trio.CapacityLimiter(opts.threads)
@@ -270,14 +271,12 @@ class Operations(pyfuse3.Operations):
         if extra is not None:
             os.close(extra)
         inode.cache_off = found.cache_off or parent.cache_off
-        self.cache.kernel_inodes = len(self.inodes)
         return self._attr(inode, st)
 
     def _forget_one(self, nodeid: int) -> None:
         fd = self.inodes.forget(nodeid, 1)
         if fd is not None:
             os.close(fd)
-        self.cache.kernel_inodes = len(self.inodes)
 
     def _control_changed(self) -> None:
         """After a knob change: act on it now, and return memory a smaller cache_size
@@ -350,7 +349,6 @@ class Operations(pyfuse3.Operations):
                 os.close(fd)
             if node is not None and self.inodes.get(nodeid) is None:
                 self.cache.forget_file(node.identity)
-        self.cache.kernel_inodes = len(self.inodes)
 
     async def getattr(self, inode: pyfuse3.InodeT,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:

@@ -119,7 +119,7 @@ class Slab:
     bump pointer, then from the list of returned ones: the list holds only slots that
     were freed, not one int per slot (that cost up to half the slab in Python objects)."""
 
-    __slots__ = ("buf", "bump", "free", "keys", "nslots", "size", "used")
+    __slots__ = ("buf", "bump", "free", "keys", "lazy", "nslots", "size", "used")
 
     def __init__(self, size: int, nbytes: int) -> None:
         # Private anonymous memory: counted as the daemon's own (anon), not as shared.
@@ -131,6 +131,10 @@ class Slab:
         # Per slot below `bump`: the key of the entry in it (None: a free slot).
         self.keys: list[tuple[int, int] | None] = []
         self.used = 0
+        # Some page may have been MADV_FREE since its slots were written: loads check
+        # the slots' checksums. Never cleared (a page discarded while the pool is made
+        # ordinary again still reads as zeros); slabs mapped later start clear.
+        self.lazy = False
 
     @property
     def room(self) -> int:
@@ -157,7 +161,10 @@ class SlabArena:
         self._partial: list[dict[Slab, None]] = [{} for _ in range(nclasses)]
         self.all: dict[Slab, None] = {}  # every mapped slab, oldest first
         self.bytes_total = 0
-        self.slabs = 0
+
+    @property
+    def slabs(self) -> int:
+        return len(self.all)
 
     def cost(self, size: int) -> int:
         """Bytes the arena grows by to store an object of `size` bytes."""
@@ -174,10 +181,10 @@ class SlabArena:
                 self.spares -= 1
         else:
             slab = Slab((cls + 1) * self.granularity, self.slab_bytes)
+            slab.lazy = self.volatile
             partial[slab] = None
             self.all[slab] = None
             self.bytes_total += self.slab_bytes
-            self.slabs += 1
         if slab.free:
             slot = slab.free.pop()
             slab.keys[slot] = key
@@ -213,6 +220,7 @@ class SlabArena:
                 return 0
             self.volatile = self.lazy = True
             for slab in self.all:
+                slab.lazy = True
                 extent = (slab.bump * slab.size + _PAGE_MASK) & ~_PAGE_MASK
                 if extent:
                     try:
@@ -239,11 +247,13 @@ class SlabArena:
 
     def read(self, slab: Slab, slot: int, length: int) -> bytes | None:
         """The blob stored in slot, or None if the kernel reclaimed part of it (its
-        pages read back as zeros, so the checksum no longer matches)."""
+        pages read back as zeros, so the checksum no longer matches). Only slabs that
+        have been lazy-free pay for the checksum: the hit path of a pool that never
+        met memory pressure is one slice."""
         off = slot * slab.size + HEADER
         buf = slab.buf
         blob = buf[off:off + length]
-        if zlib.crc32(blob) != int.from_bytes(buf[off - HEADER:off], "little"):
+        if slab.lazy and zlib.crc32(blob) != int.from_bytes(buf[off - HEADER:off], "little"):
             return None
         return blob
 
@@ -258,7 +268,6 @@ class SlabArena:
                 del self.all[slab]
                 slab.buf.close()
                 self.bytes_total -= self.slab_bytes
-                self.slabs -= 1
                 return
             slab.free.clear()  # empty: start again from the bump pointer
             slab.keys.clear()
@@ -283,18 +292,14 @@ class SlabArena:
                 slab.buf.close()
                 freed += self.slab_bytes
         self.bytes_total -= freed
-        self.slabs -= freed // self.slab_bytes
         return freed
 
     def close(self) -> None:
-        for partial in self._partial:
-            for slab in partial:
-                slab.buf.close()
-            partial.clear()
         for slab in self.all:
-            if not slab.buf.closed:
-                slab.buf.close()
+            slab.buf.close()
         self.all.clear()
+        for partial in self._partial:
+            partial.clear()
         self.bytes_total = 0
 
 
@@ -561,7 +566,7 @@ class CompressedPool:
         shift = mmap.PAGESIZE.bit_length() - 1
         lost: list[tuple[int, int]] = []
         for slab in list(self.arena.all) if slabs is None else slabs:
-            if slab.buf.closed or not slab.used:
+            if not slab.lazy or slab.buf.closed or not slab.used:
                 continue
             size = slab.size
             vec = resident_pages(slab.buf)

@@ -85,7 +85,7 @@ def snapshot(cache: Cache) -> Mapping[str, float]:
         "cache_size": cache.configured * cache.page_size,
         "cache_pages": len(cache.tier1) + len(cache.pending),
         "cache_files": cache.file_count,
-        "inodes": cache.kernel_inodes,
+        "inodes": cache.inodes_known(),
         "hits": pc.succ_gets,
         "misses": pc.failed_gets,
         "cache_hits": cc.cache_hits,
