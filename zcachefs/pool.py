@@ -391,6 +391,11 @@ class CompressedPool:
             return False
         return True
 
+    def _leave_full(self) -> None:
+        """After drops: accept stores again once usage is back under accept_level."""
+        if self.full and self.mem_used_total <= self.accept_level:
+            self.full = False
+
     # -- store / load --------------------------------------------------------------
 
     def admit(self, fid: int, index: int, comp: Compressed, referenced: bool = False) -> bool:
@@ -550,8 +555,7 @@ class CompressedPool:
                 self.arena.trim()  # the eviction emptied a slab: unmap it before more
         self.last_scanned = scanned
         self.c.evicted_pages += evicted
-        if self.full and self.mem_used_total <= self.accept_level:
-            self.full = False
+        self._leave_full()
         return evicted
 
     def drop_reclaimed(self, slabs: list[Slab] | None = None) -> int:
@@ -585,8 +589,7 @@ class CompressedPool:
         self.c.reclaimed_pages += len(lost)
         if self.arena.spares:
             self.arena.trim()
-        if self.full and self.mem_used_total <= self.accept_level:
-            self.full = False
+        self._leave_full()
         return len(lost)
 
     def set_volatile(self, on: bool) -> None:

@@ -20,8 +20,6 @@ Adapter side: uses trio and psutil. Runs as a task in the daemon's nursery.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import logging
 import os
 import time
@@ -31,6 +29,7 @@ from dataclasses import dataclass
 import psutil
 import trio
 
+from . import backing
 from .cache import Cache
 from .memory import cgroup_memory_dir
 from .pool import Slab
@@ -39,8 +38,6 @@ log = logging.getLogger(__name__)
 
 RECONCILE_BATCH = 512  # slabs checked between checkpoints in a full pass
 RECONCILE_PER_TICK = 64  # slabs checked per calm tick: a 1 GiB pool every ~13 s
-
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
 
 @dataclass(frozen=True)
@@ -127,9 +124,11 @@ class PressureWatcher:
                         return float(field[6:])
         return 0.0
 
+    def _psi_hot(self, s: Sample) -> bool:
+        return bool(self.psi_threshold) and s.psi_some_avg10 >= self.psi_threshold
+
     def pressed(self, s: Sample) -> bool:
-        return s.headroom < self.min_free or (
-            bool(self.psi_threshold) and s.psi_some_avg10 >= self.psi_threshold)
+        return s.headroom < self.min_free or self._psi_hot(s)
 
     # -- what the kernel took (volatile slabs) -------------------------------------
 
@@ -171,8 +170,7 @@ class PressureWatcher:
         """Apply one sample; returns bytes asked back (0 when none)."""
         pool = self.cache.pool
         deficit = self.min_free - s.headroom
-        psi_hot = bool(self.psi_threshold) and s.psi_some_avg10 >= self.psi_threshold
-        if deficit > 0 or psi_hot:
+        if self.pressed(s):
             t0 = time.monotonic()
             used = pool.mem_used_total
             ask = max(deficit, used // 8, 1 << 20)
@@ -185,7 +183,7 @@ class PressureWatcher:
             excess = deficit - (used - pool.mem_used_total)
             if excess > 0:  # the pool alone was not enough: tier 1 gives way too
                 self.cache.drop_oldest(excess // self.cache.page_size + 1)
-            _libc.malloc_trim(0)
+            backing.malloc_trim()
             self.cache.c.pressure_shrinks += 1
             self.last_release_s = time.monotonic() - t0
             log.info("memory pressure (headroom %d, min_free %d, psi %.1f): pool capped at "
@@ -194,7 +192,7 @@ class PressureWatcher:
                      self.cache.capacity, self.last_release_s * 1000)
             self.wake()
             return used - pool.mem_used_total
-        if s.headroom > 2 * self.min_free and not psi_hot:
+        if s.headroom > 2 * self.min_free and not self._psi_hot(s):
             self._relax()
         return 0
 
