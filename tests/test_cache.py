@@ -9,7 +9,7 @@ import pytest
 from hypothesis import event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
-from test_pool import check_pool, make, page, peek
+from test_pool import check_pool, make, noise, page, peek
 
 from zcachefs import codecs
 from zcachefs.cache import MAX_PENDING, Cache, FileState
@@ -36,20 +36,24 @@ def fill(cache: Cache, state: FileState, first: int, pages: list[bytes]) -> None
 
 
 def where(cache: Cache, key: Key) -> str | None:
-    """The tier holding key (and check it is only one)."""
+    """The tier holding key ("tier1+pool" for a tier-1 page the pool also holds; and
+    check it is in no other combination)."""
     tiers = [name for name, present in (("tier1", key in cache.tier1.items),
                                         ("pending", key in cache.pending.items),
                                         ("pool", key in cache.pool.lru)) if present]
+    if tiers == ["tier1", "pool"]:
+        assert key in cache.stored, f"{key} in tier 1 and the pool, not marked stored"
+        return "tier1+pool"
     assert len(tiers) <= 1, f"{key} in {tiers}"
     return tiers[0] if tiers else None
 
 
 def check_cache(cache: Cache) -> None:
     t1, pend, pool = set(cache.tier1.items), set(cache.pending.items), set(cache.pool.lru)
-    assert not t1 & pend and not t1 & pool and not pend & pool, "a key in two tiers"
+    assert not t1 & pend and not pend & pool, "a key in two tiers"
+    assert t1 & pool <= cache.stored <= t1, "a tier-1 page and a pool copy not marked"
     assert len(cache.tier1) <= cache.capacity
     assert len(cache.pending) <= MAX_PENDING
-    assert cache.promoted <= t1
     for key, p in cache.pending.items.items():
         assert p.key == key
     for tier in (cache.tier1, cache.pending):
@@ -91,8 +95,8 @@ def test_opened_keeps_pages_when_unchanged_and_drops_when_changed() -> None:
     assert [where(cache, (state.fid, i)) for i in range(3)] == ["pool", "tier1", "tier1"]
     assert cache.opened(state, (3 * PS, 10, 10))
     assert cache.get(state.fid, 0) == page(0)
-    assert cache.get(state.fid, 2) == page(2)  # the pool hit pushed page 1 out
-    assert where(cache, (state.fid, 1)) == "pending"
+    assert where(cache, (state.fid, 0)) == "pool"  # a hit keeps it there, and only there
+    assert cache.get(state.fid, 2) == page(2)
     assert not cache.opened(state, (3 * PS, 11, 11))  # mtime moved: changed outside
     assert all(where(cache, (state.fid, i)) is None for i in range(3))
     assert cache.get(state.fid, 0) is None
@@ -201,61 +205,85 @@ def test_evicted_pages_wait_in_pending_and_stay_readable() -> None:
     fid = state.fid
     assert [k for k, _ in cache.pending.items.items()] == [(fid, 0), (fid, 1), (fid, 2)]
     assert cache.pool.c.puts == 0  # nothing compressed yet
-    assert cache.get(fid, 1) == page(1)  # from pending, back to tier 1
-    assert where(cache, (fid, 1)) == "tier1"
-    assert where(cache, (fid, 3)) == "pending"  # made room
+    assert cache.get(fid, 1) == page(1)  # from pending; it stays there (compressed next)
+    assert where(cache, (fid, 1)) == "pending"
     assert (cache.c.cache_hits, cache.c.cache_misses) == (1, 0)
     assert cache.get(fid, 9) is None
     assert (cache.c.cache_misses, cache.pool.c.failed_gets) == (1, 1)
     check_cache(cache)
 
 
-def test_compressed_pages_are_pool_hits_then_tier1_again() -> None:
+def test_pool_hits_keep_the_copy_and_skip_tier1() -> None:
     cache = new_cache(pages=1)
     state = opened(cache)
     fid = state.fid
     fill(cache, state, 0, [page(0), page(1)])
     compress_all(cache)
     assert where(cache, (fid, 0)) == "pool" and cache.pool.stored_pages == 1
-    assert cache.get(fid, 0) == page(0)
-    assert where(cache, (fid, 0)) == "tier1"  # the pool copy is gone: exclusive
-    assert cache.pool.stored_pages == 0
-    assert (cache.pool.c.succ_gets, cache.c.cache_misses) == (1, 1)
+    for _ in range(3):
+        assert cache.get(fid, 0) == page(0)
+    # Not exclusive: the copy stays, nothing goes to tier 1 (the kernel's page cache
+    # holds what it just read), nothing is compressed again.
+    assert where(cache, (fid, 0)) == "pool" and list(cache.tier1.items) == [(fid, 1)]
+    assert (cache.pool.c.succ_gets, cache.c.cache_misses, cache.pool.c.puts) == (3, 3, 1)
+    assert cache.pool.lru[(fid, 0)].referenced
     check_cache(cache)
 
 
-def test_promoted_pages_reach_the_pool_referenced() -> None:
-    cache = new_cache(pages=1)
+def test_keep_hits_puts_a_hit_in_tier1_and_it_leaves_for_free() -> None:
+    """direct_io: tier 1 is the only uncompressed cache, so hits go there, marked
+    stored; when they leave tier 1 nothing is compressed again."""
+    cache = Cache(PS, PS, 8 * MiB, PS // 2, keep_hits=True)
     state = opened(cache)
     fid = state.fid
     fill(cache, state, 0, [page(0), page(1)])
-    compress_all(cache)  # page 0 in the pool, unreferenced
-    assert not cache.pool.lru[(fid, 0)].referenced
-    assert cache.get(fid, 0) == page(0)  # a pool hit: promoted
-    assert (fid, 0) in cache.promoted
-    fill(cache, state, 2, [page(2)])  # page 0 leaves tier 1 again
-    assert cache.pending.peek((fid, 0)).promoted  # type: ignore[union-attr]
-    assert not cache.pending.peek((fid, 1)).promoted  # type: ignore[union-attr]
     compress_all(cache)
-    assert cache.pool.lru[(fid, 0)].referenced
-    assert not cache.pool.lru[(fid, 1)].referenced
-    assert (fid, 0) not in cache.promoted
-    # The second chance at work: page 1 goes first although it is more recent.
+    assert cache.get(fid, 0) == page(0)
+    assert where(cache, (fid, 0)) == "tier1+pool"
+    assert where(cache, (fid, 1)) == "pending"
+    compress_all(cache)
+    puts = cache.pool.c.puts
+    fill(cache, state, 2, [page(2)])  # page 0 leaves tier 1: dropped, not recompressed
+    assert where(cache, (fid, 0)) == "pool" and not cache.pending.items
+    assert cache.pool.c.puts == puts and not cache.stored
+    assert cache.get(fid, 0) == page(0)
+    check_cache(cache)
+
+
+def test_a_hit_earns_a_second_chance_at_eviction() -> None:
+    cache = new_cache(pages=1)
+    state = opened(cache)
+    fid = state.fid
+    fill(cache, state, 0, [page(0), page(1), page(2)])
+    compress_all(cache)  # pages 0 and 1 in the pool, unreferenced
+    assert cache.get(fid, 0) == page(0)
     cache.pool.set_memlimit(0)
-    assert cache.pool.shrink(1) == 1
+    assert cache.pool.shrink(1) == 1  # page 1 goes first although it is more recent
     assert set(cache.pool.lru) == {(fid, 0)}
 
 
-def test_pending_hit_keeps_the_promoted_mark() -> None:
+def test_a_page_that_did_not_compress_is_not_compressed_again() -> None:
     cache = new_cache(pages=1)
     state = opened(cache)
     fid = state.fid
-    fill(cache, state, 0, [page(0), page(1)])
+    raw = noise(7)
+    fill(cache, state, 0, [raw, page(1)])
     compress_all(cache)
-    cache.get(fid, 0)  # promoted; page 1 to pending
-    fill(cache, state, 2, [page(2)])  # page 0 to pending, promoted
-    assert cache.get(fid, 0) == page(0)  # pending hit
-    assert (fid, 0) in cache.promoted
+    pool = cache.pool
+    assert (pool.raw_pages, pool.c.reject_compress_poor, pool.c.raw_skips) == (1, 1, 0)
+    assert cache.poor == {fid: {0}}
+    assert cache.get(fid, 0) == raw  # served byte-exact, raw
+    pool.invalidate_pages(fid, [0])  # as if evicted: the page is read again ...
+    fill(cache, state, 0, [raw])
+    fill(cache, state, 1, [page(1)])
+    assert cache.pending.peek((fid, 0)).poor  # type: ignore[union-attr]
+    compress_all(cache)  # ... and stored raw without trying the codec again
+    assert (pool.raw_pages, pool.c.reject_compress_poor, pool.c.raw_skips) == (1, 1, 1)
+    assert cache.get(fid, 0) == raw
+    cache.changing(state)  # a change of the page forgets what it was like
+    cache.invalidate_range(state, 0, 1)
+    assert cache.poor == {}
+    check_cache(cache)
 
 
 def test_admit_stores_the_batch() -> None:
@@ -273,8 +301,7 @@ def test_admit_stores_the_batch() -> None:
 
 
 @pytest.mark.parametrize("how", ["invalidate_range", "invalidate_file", "truncate",
-                                 "drop_all", "read_back", "read_back_and_evicted",
-                                 "rewritten_and_evicted"])
+                                 "drop_all", "rewritten_and_evicted"])
 def test_admit_ignores_pages_that_changed_meanwhile(how: str) -> None:
     cache = new_cache(pages=1)
     state = opened(cache)
@@ -299,17 +326,10 @@ def test_admit_ignores_pages_that_changed_meanwhile(how: str) -> None:
         fill(cache, state, 0, [page(99)])  # ... read again ...
         fill(cache, state, 5, [page(5)])  # ... and waiting in pending again, new
         assert where(cache, (fid, 0)) == "pending"
-    else:
-        assert cache.get(fid, 0) == page(0)  # read back: tier 1 again
-        if how == "read_back_and_evicted":
-            fill(cache, state, 5, [page(5)])  # ...and pending again, as a new page
-            assert where(cache, (fid, 0)) == "pending"
     cache.admit(result)
     assert (fid, 0) not in cache.pool.lru
     assert cache.pool.c.puts == 0
-    if how.startswith("read_back"):
-        assert cache.get(fid, 0) == page(0)
-    elif how == "rewritten_and_evicted":
+    if how == "rewritten_and_evicted":
         assert cache.get(fid, 0) == page(99)
     else:
         assert cache.get(fid, 0) is None
@@ -544,7 +564,7 @@ def test_drop_all_empties_both_tiers() -> None:
     cache.get(state.fid, 0)
     cache.drop_all()
     assert not cache.tier1 and not cache.pending and not cache.pool.lru
-    assert not cache.promoted and state.tail is None
+    assert not cache.stored and not cache.poor and state.tail is None
     assert cache.get(state.fid, 0) is None
     check_cache(cache)
 
@@ -596,7 +616,12 @@ class CacheMachine(RuleBasedStateMachine):
         self.backing: list[bytearray] = []
         self.mtime = [0] * FILES
         self.outside = [False] * FILES  # changed outside the mount since the last open
-        self.inside = [False] * FILES  # changed through the mount since the last open
+        # Changed through the mount in a way the cache could not verify (a truncate,
+        # overlapping writes, a write after an outside change) since the last open.
+        self.unknown = [False] * FILES
+        # In flight: (file, offset, data, token, early, signatures, open generation).
+        self.writes: list[tuple[int, int, bytes, Any, bool, Any, int]] = []
+        self.gen = [0] * FILES  # opens so far
         self.opens = [0] * FILES  # opens that dropped pages (see end_read)
         self.inflight: list[list[tuple[Any, Compressed]]] = []
         self.reads: list[tuple[int, int, int, bytes, int]] = []
@@ -631,32 +656,25 @@ class CacheMachine(RuleBasedStateMachine):
 
     # -- reads -------------------------------------------------------------------------
 
-    @rule(f=st.integers(0, FILES - 1), first=st.integers(0, 8), n=st.integers(1, 6))
-    def read(self, f: int, first: int, n: int) -> None:
-        """As the adapter reads: page by page from the cache; at the first miss, the rest
-        of the request from the backing file, filled in one call (cached pages further
-        on included)."""
-        if self.outside[f]:
-            return  # stale until the next open: close-to-open consistency
+    @rule(f=st.integers(0, FILES - 1), off=st.integers(0, 9 * PS), size=st.integers(1, 5 * PS))
+    def read(self, f: int, off: int, size: int) -> None:
+        """As the adapter reads: the cache answers from its tiers or names the missing
+        runs, which are read from the backing file and handed back."""
         cache, state = self.cache, self.states[f]
-        version = state.version
-        for index in range(first, first + n):
-            got = cache.get(state.fid, index)
-            if got is None:
-                if any(key in cache.pool.lru or key in cache.pending.items
-                       for key in ((state.fid, i) for i in range(index + 1, first + n))):
-                    event("fill over cached pages")
-                cache.fill(state, index, [self.expect(f, i) for i in range(index, first + n)],
-                           version)
-                return
-            event("cache hit")
-            assert got == self.expect(f, index), f"file {f} page {index}"
-            if len(got) < PS:
-                return
+        got = cache.read(state, off, size)
+        if not isinstance(got, bytes):
+            if len(got.runs) > 1 or any(p is not None for p in got.found):
+                event("partial hit")
+            data = bytes(self.backing[f])
+            got = cache.fill_plan(state, got, backing_pages(data, got))
+        else:
+            event("whole hit")
+        if not self.outside[f]:  # stale until the next open: close-to-open consistency
+            assert got == bytes(self.backing[f][off:off + size]), f"file {f} at {off}"
 
     @rule(f=st.integers(0, FILES - 1))
     def read_file(self, f: int) -> None:
-        self.read(f, 0, 11)
+        self.read(f, 0, 11 * PS)
 
     @rule(f=st.integers(0, FILES - 1), index=st.integers(0, 9))
     def begin_read(self, f: int, index: int) -> None:
@@ -699,33 +717,64 @@ class CacheMachine(RuleBasedStateMachine):
         f, index, *_ = self.reads[pick % len(self.reads)]
         self.write(f, max(0, index * PS + skew), PS, kind, seed)
 
-    @rule(f=st.integers(0, FILES - 1), offset=st.integers(0, 10 * PS),
-          length=st.integers(1, 2 * PS), kind=kinds, seed=st.integers(0, 50))
-    def write(self, f: int, offset: int, length: int, kind: str, seed: int) -> None:
-        cache, state, data = self.cache, self.states[f], make(kind, seed, 200, length)
-        cache.changing(state)
-        cache.invalidate_range(state, offset, length)
+    def _apply(self, f: int, offset: int, data: bytes) -> tuple[Any, Any]:
+        """The backing write itself; returns the signatures before and after it."""
+        before = self.sig(f)
         b = self.backing[f]
         if offset > len(b):
             b.extend(bytes(offset - len(b)))
-        b[offset:offset + length] = data
-        cache.changing(state)
+        b[offset:offset + len(data)] = data
+        return before, self.sig(f)  # mtime left alone (coarse timestamps)
+
+    @rule(f=st.integers(0, FILES - 1), offset=st.integers(0, 10 * PS),
+          length=st.integers(1, 2 * PS), kind=kinds, seed=st.integers(0, 50))
+    def write(self, f: int, offset: int, length: int, kind: str, seed: int) -> None:
+        self.begin_write(f, offset, length, kind, seed, True)
+        self.end_write(len(self.writes) - 1)
+
+    @rule(f=st.integers(0, FILES - 1), offset=st.integers(0, 10 * PS),
+          length=st.integers(1, 2 * PS), kind=kinds, seed=st.integers(0, 50),
+          early=st.booleans())
+    def begin_write(self, f: int, offset: int, length: int, kind: str, seed: int,
+                    early: bool) -> None:
+        """A write through the mount awaits the backing file (ended by end_write); the
+        backing write happens at once (early) or just before the reply."""
+        cache, state, data = self.cache, self.states[f], make(kind, seed, 200, length)
+        token = cache.changing(state)
         cache.invalidate_range(state, offset, length)
-        self.inside[f] = True  # mtime left alone (coarse timestamps): changing() must do
+        sigs = self._apply(f, offset, data) if early else None
+        self.writes.append((f, offset, data, token, early, sigs, self.gen[f]))
+
+    @precondition(lambda self: self.writes)
+    @rule(pick=st.integers(0, 100))
+    def end_write(self, pick: int) -> None:
+        f, offset, data, token, early, sigs, _ = self.writes.pop(pick % len(self.writes))
+        cache, state = self.cache, self.states[f]
+        if not early:
+            sigs = self._apply(f, offset, data)
+        before, after = sigs
+        alone = state.version == token[0]
+        fresh = cache.changed(state, token, before, after)
+        assert fresh == (alone and token[1] == before)
+        if fresh:
+            event("write cached its pages")
+        else:
+            self.unknown[f] = True
+        cache.written(state, offset, data, fresh)
 
     @rule(f=st.integers(0, FILES - 1), size=st.integers(0, 10 * PS))
     def truncate(self, f: int, size: int) -> None:
         cache, state = self.cache, self.states[f]
-        cache.changing(state)
+        token = cache.changing(state)
         cache.truncate(state, size)
         b = self.backing[f]
         if size > len(b):
             b.extend(bytes(size - len(b)))
         else:
             del b[size:]
-        cache.changing(state)
+        cache.changed(state, token)
         cache.truncate(state, size)
-        self.inside[f] = True
+        self.unknown[f] = True
 
     @rule(f=st.integers(0, FILES - 1), offset=st.integers(0, 8 * PS),
           length=st.integers(0, 2 * PS), kind=kinds, seed=st.integers(0, 50),
@@ -749,13 +798,16 @@ class CacheMachine(RuleBasedStateMachine):
     def reopen(self, f: int) -> None:
         state = self.states[f]
         kept = self.cache.opened(state, self.sig(f))
-        assert kept == (not self.outside[f] and not self.inside[f])
+        # A write in flight that began since the last open has left the file unknown.
+        busy = any(w[0] == f and w[6] == self.gen[f] for w in self.writes)
+        assert kept == (not self.outside[f] and not self.unknown[f] and not busy)
+        self.gen[f] += 1
         if not kept:
             self.opens[f] += 1
             assert not any(fid == state.fid for fid, _ in self.cache.tier1.items)
             assert not any(fid == state.fid for fid, _ in self.cache.pending.items)
             assert state.fid not in self.cache.pool.files
-        self.outside[f] = self.inside[f] = False
+        self.outside[f] = self.unknown[f] = False
 
     # -- compression and limits --------------------------------------------------------
 
@@ -818,11 +870,156 @@ class CacheMachine(RuleBasedStateMachine):
         copies += [(k, peek(cache.pool, k)) for k in cache.pool.lru]
         for (fid, index), data in copies:
             f = by_fid[fid]
-            if not self.outside[f]:
-                assert data == self.expect(f, index), f"file {f} page {index}"
+            if self.outside[f]:
+                continue  # stale until the next open (close-to-open), which drops it
+            assert data == self.expect(f, index), f"file {f} page {index}"
             if len(data) < PS:  # a short page is the tail, and the cache knows it
                 assert self.states[f].tail == index
 
 
 TestCacheModel = CacheMachine.TestCase
 TestCacheModel.settings = settings(max_examples=80, stateful_step_count=40, deadline=None)
+
+
+# -- the read geometry (Cache.read / fill_plan) ------------------------------------------
+
+def backing_pages(data: bytes, plan: Any) -> list[list[bytes]]:
+    """What the adapter reads for a plan: each run, split into pages, short at EOF."""
+    return [[data[i * PS:(i + 1) * PS] for i in range(first, first + n)
+             if data[i * PS:(i + 1) * PS]] for first, n in plan.runs]
+
+
+def test_a_partial_hit_reads_only_the_missing_runs() -> None:
+    cache = new_cache(pages=64)
+    state = opened(cache, sig=(32 * PS, 1, 1))
+    data = b"".join(page(i) for i in range(32))
+    fill(cache, state, 0, [page(i) for i in range(32) if i not in (3, 4, 9)][:3])
+    fill(cache, state, 5, [page(i) for i in range(5, 9)])
+    fill(cache, state, 10, [page(i) for i in range(10, 32)])
+    plan = cache.read(state, 0, 32 * PS)
+    assert not isinstance(plan, bytes)
+    assert plan.runs == [(3, 2), (9, 1)] and plan.pages == 3
+    got = cache.fill_plan(state, plan, backing_pages(data, plan))
+    assert got == data
+    assert (cache.c.backing_reads, cache.c.backing_read_bytes) == (2, 3 * PS)
+    assert cache.read(state, 0, 32 * PS) == data  # now a whole hit
+    check_cache(cache)
+
+
+@pytest.mark.parametrize(("off", "size"), [(0, 1), (100, 5000), (PS - 1, 2), (3 * PS, PS),
+                                           (5 * PS + 7, 3 * PS), (0, 40 * PS)])
+def test_read_answers_any_range_like_the_file(off: int, size: int) -> None:
+    cache = new_cache(pages=3)  # small: pages move to pending and the pool meanwhile
+    length = 6 * PS + 123
+    data = b"".join(page(i) for i in range(7))[:length]
+    state = opened(cache, sig=(length, 1, 1))
+    for _ in range(3):
+        got = cache.read(state, off, size)
+        if not isinstance(got, bytes):
+            got = cache.fill_plan(state, got, backing_pages(data, got))
+        assert got == data[off:off + size]
+        compress_all(cache)
+    assert cache.read(state, length, 10) == b""  # EOF known since open: no plan
+    check_cache(cache)
+
+
+def test_a_plan_made_before_a_change_is_answered_but_not_cached() -> None:
+    cache = new_cache(pages=8)
+    state = opened(cache, sig=(4 * PS, 1, 1))
+    data = b"".join(page(i) for i in range(4))
+    plan = cache.read(state, 0, 4 * PS)
+    assert not isinstance(plan, bytes)
+    cache.changing(state)  # a write began while the read waited
+    assert cache.fill_plan(state, plan, backing_pages(data, plan)) == data
+    assert not cache.tier1 and cache.c.backing_reads == 1
+
+
+def test_backing_fallbacks_are_counted() -> None:
+    cache = new_cache()
+    state = opened(cache, sig=(PS, 1, 1))
+    plan = cache.read(state, 0, PS)
+    assert not isinstance(plan, bytes)
+    cache.fill_plan(state, plan, [[page(0)]], fallback=True)
+    assert cache.c.backing_fallbacks == 1
+
+
+# -- writes keep the cache warm ----------------------------------------------------------
+
+def write(cache: Cache, state: FileState, backing: bytearray, off: int, data: bytes,
+          outside: bool = False) -> bool:
+    """As the adapter writes: changing, the backing write between two signatures,
+    changed, written. `outside`: another process changed the file just before."""
+    token = cache.changing(state)
+    cache.invalidate_range(state, off, len(data))
+    before = (len(backing), 1 if not outside else 2, 1)
+    if off > len(backing):
+        backing.extend(bytes(off - len(backing)))
+    backing[off:off + len(data)] = data
+    fresh = cache.changed(state, token, before, (len(backing), 1 if not outside else 2, 1))
+    cache.written(state, off, data, fresh)
+    return fresh
+
+
+def test_whole_pages_written_are_cached_partial_ones_dropped() -> None:
+    cache = new_cache(pages=16)
+    backing = bytearray(b"".join(page(i) for i in range(8)))
+    state = opened(cache, sig=(len(backing), 1, 1))
+    fill(cache, state, 0, [page(i) for i in range(8)])
+    new = noise(3, 3 * PS)
+    assert write(cache, state, backing, PS // 2, new)  # pages 0..3 touched, 1 and 2 whole
+    fid = state.fid
+    assert [where(cache, (fid, i)) for i in range(5)] == [None, "tier1", "tier1", None,
+                                                          "tier1"]
+    assert cache.c.write_fills == 2
+    got = cache.read(state, 0, len(backing))
+    if not isinstance(got, bytes):
+        got = cache.fill_plan(state, got, backing_pages(bytes(backing), got))
+    assert got == bytes(backing)
+    assert cache.opened(state, (len(backing), 1, 1))  # our own write: the cache stays
+    check_cache(cache)
+
+
+def test_a_write_that_ends_the_file_caches_its_last_page() -> None:
+    cache = new_cache(pages=16)
+    backing = bytearray(page(0))
+    state = opened(cache, sig=(PS, 1, 1))
+    assert write(cache, state, backing, PS, b"tail" * 100)
+    assert cache.get(state.fid, 1) == b"tail" * 100 and state.tail == 1
+    assert write(cache, state, backing, 2 * PS + 10, b"x")  # a hole: page 1 grows
+    assert cache.get(state.fid, 1) is None and cache.get(state.fid, 2) is None
+
+
+def test_a_write_after_an_outside_change_makes_the_next_open_drop() -> None:
+    cache = new_cache(pages=16)
+    backing = bytearray(b"".join(page(i) for i in range(4)))
+    state = opened(cache, sig=(len(backing), 1, 1))
+    fill(cache, state, 0, [page(i) for i in range(4)])
+    assert not write(cache, state, backing, 0, noise(1), outside=True)
+    assert cache.c.write_fills == 0 and cache.get(state.fid, 0) is None
+    assert not cache.opened(state, (len(backing), 2, 1))
+    assert not cache.tier1 and not cache.pending
+
+
+def test_overlapping_writes_cache_nothing_and_the_next_open_drops() -> None:
+    cache = new_cache(pages=16)
+    state = opened(cache, sig=(4 * PS, 1, 1))
+    sig = (4 * PS, 1, 1)
+    first = cache.changing(state)
+    second = cache.changing(state)
+    assert not cache.changed(state, second, None, sig)  # the second ends first
+    assert not cache.changed(state, first, sig, sig)
+    assert state.sig is None
+    assert cache.written(state, 0, noise(1), False) == 0
+
+
+def test_a_pending_hit_does_not_stop_its_compression() -> None:
+    cache = new_cache(pages=1)
+    state = opened(cache)
+    fid = state.fid
+    fill(cache, state, 0, [page(0), page(1)])
+    batch = cache.take_pending(1)
+    result = done(cache, batch)
+    assert cache.get(fid, 0) == page(0)  # read while the compressor runs
+    cache.admit(result)
+    assert where(cache, (fid, 0)) == "pool"
+    check_cache(cache)

@@ -55,7 +55,7 @@ def test_second_read_is_served_by_the_cache(dmount: Mount) -> None:
     assert second["orig_data_size"] / second["compr_data_size"] > 2
 
 
-def test_pool_hits_are_exclusive(dmount: Mount) -> None:
+def test_pool_hits_keep_their_copy_and_cost_no_compression(dmount: Mount) -> None:
     data = compressible(400)
     (dmount.source / "f").write_bytes(data)
     read_all(dmount.mountpoint / "f")
@@ -64,23 +64,80 @@ def test_pool_hits_are_exclusive(dmount: Mount) -> None:
         assert f.read(PAGE) == data[:PAGE]  # an early page: in the pool, not tier 1
         s2 = stats(dmount.mountpoint)
         f.seek(0)
-        assert f.read(PAGE) == data[:PAGE]  # now in tier 1: the pool copy is gone
+        assert f.read(PAGE) == data[:PAGE]  # direct_io: the hit went to tier 1 too
     s3 = stats(dmount.mountpoint)
     assert s2["hits"] == s1["hits"] + 1
     assert s3["hits"] == s2["hits"] and s3["cache_hits"] == s2["cache_hits"] + 1
-    # One page left tier 1 for the pool in exchange: the pool holds as many as before.
-    assert settle(dmount.mountpoint)["stored_pages"] == s1["stored_pages"]
+    # The pool kept its copy: a whole re-read is all hits, and nothing is compressed
+    # again (no new puts) however often the pages go round.
+    for _ in range(2):
+        assert read_all(dmount.mountpoint / "f") == data
+    s4 = settle(dmount.mountpoint)
+    assert s4["backing_reads"] == s1["backing_reads"]
+    assert s4["stored_pages"] == s4["puts"] == 400  # each page compressed exactly once
+
+
+def test_a_partial_hit_reads_only_the_missing_pages(dmount: Mount) -> None:
+    data = bytearray(compressible(64))
+    (dmount.source / "f").write_bytes(data)
+    mnt = dmount.mountpoint / "f"
+    read_all(mnt)
+    with open(mnt, "r+b") as f:  # a partial page written: that page leaves the cache
+        f.seek(10 * PAGE + 100)
+        f.write(b"changed")
+    data[10 * PAGE + 100:10 * PAGE + 107] = b"changed"
+    before = stats(dmount.mountpoint)
+    with open(mnt, "rb") as f:
+        f.seek(8 * PAGE)
+        assert f.read(32 * PAGE) == bytes(data[8 * PAGE:40 * PAGE])
+    after = stats(dmount.mountpoint)
+    assert after["backing_read_bytes"] - before["backing_read_bytes"] == PAGE
+    assert after["backing_reads"] - before["backing_reads"] == 1
+    assert after["misses"] - before["misses"] == 1
+
+
+def test_whole_pages_written_through_the_mount_are_cached(dmount: Mount) -> None:
+    mnt = dmount.mountpoint / "w"
+    data = compressible(200, seed=4) + b"tail"
+    with open(mnt, "wb") as f:
+        for off in range(0, len(data), 64 * 1024):
+            f.write(data[off:off + 64 * 1024])
+    s1 = stats(dmount.mountpoint)
+    assert s1["write_fills"] == 201  # every page, the short last one included
+    assert read_all(mnt) == data
+    s2 = stats(dmount.mountpoint)
+    assert s2["backing_reads"] == s1["backing_reads"]  # served from the cache
+    # The mount's own writes do not make the next open drop the file.
+    assert read_all(mnt) == data
+    assert stats(dmount.mountpoint)["backing_reads"] == s1["backing_reads"]
+    assert (dmount.source / "w").read_bytes() == data
 
 
 def test_zero_and_poor_pages(dmount: Mount) -> None:
     (dmount.source / "z").write_bytes(bytes(200 * PAGE) + b"\xab" * (50 * PAGE)
                                       + os.urandom(100 * PAGE))
     read_all(dmount.mountpoint / "z")
+    (dmount.mountpoint / ".zcachefs" / "cache_size").write_text("4K\n")  # all to the pool
     s = settle(dmount.mountpoint)
     assert s["zero_pages"] > 100
     assert s["same_filled_pages"] > 10
-    assert s["reject_compress_poor"] > 30
+    assert s["reject_compress_poor"] >= 99  # tried once each ...
+    assert s["raw_pages"] >= 99  # ... and kept as they are: served byte-exact
     assert s["orig_data_size"] == s["stored_pages"] * PAGE  # zero pages excluded
+    assert read_all(dmount.mountpoint / "z") == (dmount.source / "z").read_bytes()
+    assert stats(dmount.mountpoint)["backing_reads"] == s["backing_reads"]
+
+
+def test_raw_pages_evicted_and_read_again_are_not_compressed_again(
+        mount_factory: object) -> None:
+    m = mount_factory(options="direct_io,memlimit=512K,cache_size=64K")  # type: ignore[operator]
+    (m.source / "r").write_bytes(os.urandom(400 * PAGE))  # 1.6 MiB: the pool holds 1/4
+    for _ in range(3):
+        read_all(m.mountpoint / "r")
+        s = settle(m.mountpoint)
+    assert s["evicted_pages"] > 0 or s["pool_limit_hit"] > 0
+    assert s["reject_compress_poor"] <= 400  # each page tried at most once
+    assert s["raw_skips"] > 0
 
 
 def test_writes_truncates_and_outside_changes_never_serve_stale_bytes(dmount: Mount) -> None:
@@ -220,3 +277,45 @@ def test_file_states_do_not_outlive_forgotten_inodes(mount_factory: object) -> N
     while stats(m.mountpoint)["cache_files"] > 5 and time.monotonic() < deadline:
         time.sleep(0.05)
     assert stats(m.mountpoint)["cache_files"] <= 5
+
+
+def resident_fraction(path: Path) -> float:
+    """Share of a file's pages in the page cache (mincore of a private mapping)."""
+    import mmap
+
+    from zcachefs.pool import resident_pages
+
+    with open(path, "rb") as f:
+        m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        try:
+            vec = resident_pages(m)
+        finally:
+            m.close()
+    return sum(b & 1 for b in vec) / len(vec)
+
+
+def uncached_file(path: Path, nbytes: int) -> None:
+    path.write_bytes(compressible(nbytes // PAGE, seed=21))
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    assert resident_fraction(path) < 0.01
+
+
+@pytest.mark.parametrize("fallback", [False, True], ids=["dontcache", "fadvise"])
+def test_a_cold_read_leaves_the_backing_file_uncached(mount_factory: object,
+                                                      fallback: bool) -> None:
+    """The cache keeps its own copy: the backing file's page cache must not hold a
+    second one (RWF_DONTCACHE, or fadvise(DONTNEED) of 2 MiB-aligned ranges)."""
+    env = {"ZCACHEFS_DEBUG_NO_DONTCACHE": "1"} if fallback else {}
+    m = mount_factory(options="memlimit=64M,cache_size=1M", env=env)  # type: ignore[operator]
+    uncached_file(m.source / "big", 32 << 20)
+    before = stats(m.mountpoint)
+    with open(m.mountpoint / "big", "rb") as f:
+        while f.read(128 * 1024):
+            pass
+    after = stats(m.mountpoint)
+    assert after["backing_read_bytes"] - before["backing_read_bytes"] >= 32 << 20
+    assert resident_fraction(m.source / "big") < 0.05
+    fallbacks = after["backing_fallbacks"] - before["backing_fallbacks"]
+    assert (fallbacks > 0) == fallback

@@ -71,7 +71,7 @@ def everything(c: Controls) -> dict[str, Any]:
         "stats": dict(c.snapshot()),
         "tier1": list(cache.tier1.items.items()),
         "pending": list(cache.pending.items.items()),
-        "promoted": set(cache.promoted),
+        "stored": set(cache.stored), "poor": {k: set(v) for k, v in cache.poor.items()},
         "pool": [(k, e.referenced, e.size) for k, e in pool.lru.items()],
         "pool_state": (pool.full, pool.memlimit, pool.pressure_cap, pool.threshold,
                        pool.accept_threshold_percent),

@@ -1,10 +1,19 @@
 """The two-tier cache of one mount: tier 1 (uncompressed LRU) over tier 2 (the pool).
 
-Flow of a page: a read miss fills tier 1 from the backing file; tier 1 evicts its
-least recently used pages into `pending`; a compressor (the adapter's background task,
-or `compress_inline` under back-pressure) compresses them and admits them to the pool;
-a pool hit is exclusive and moves the page back into tier 1, marked `promoted`, which
-earns it a second chance the next time it reaches the pool.
+Flow of a page: a read miss fills tier 1 from the backing file (only the runs of pages
+no tier holds); tier 1 evicts its least recently used pages into `pending`; a
+compressor (the adapter's background task, or `compress_inline` under back-pressure)
+compresses them and admits them to the pool. A pool hit is not exclusive: the pool
+keeps its copy, so a page served from the pool costs one decompression and is never
+compressed again unless it changes. With the kernel's page cache in use (the default)
+a pool hit is not put in tier 1 either: the kernel keeps the page, and a third copy
+would only take memory from the pool. With `keep_hits` (direct_io: the daemon is the
+only cache) a hit goes to tier 1 marked `stored`, and leaves it again for free.
+
+Writes through the mount keep the cache warm: after the backing write, the whole
+pages it wrote enter tier 1 (so they reach the pool like any miss); partial pages are
+dropped. The file's signature is taken after the write, so the mount's own writes do
+not make the next open drop the file.
 
 Files: each backing file has a `FileState`, found by an identity that cannot be reused
 for another file while the state exists (the kernel file handle, which carries the
@@ -14,9 +23,12 @@ what it read; `sig` (size, mtime_ns, ctime_ns) detects changes made outside the 
 at the next open (close-to-open consistency).
 
 Invariants:
-- a key is in at most one of tier1, pending, pool
+- a key is in at most one of tier1, pending; a tier-1 key may also be in the pool
+  only if it is in `stored` (the pool's copy holds the same bytes)
 - pages are never longer than page_size; a page shorter than page_size is the file's
   last page and is remembered in `FileState.tail`, so any size change drops it
+- a page index in `poor[fid]` did not compress below the threshold at its last try;
+  it is stored raw without trying again until the page changes
 
 Pure core: must not import pyfuse3, trio or psutil. Not thread-safe (trio thread only).
 """
@@ -25,7 +37,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from . import codecs
 from .pagecache import Key, Tier
@@ -42,8 +54,11 @@ class FileState:
     version: int = 0
     sig: tuple[int, int, int] | None = None
     tail: int | None = None  # index of a cached page shorter than page_size
-    size: int | None = None  # file size at the last open; None after our own changes
+    size: int | None = None  # file size as last known (open, or our own change)
     opens: int = 0  # open handles through the mount
+
+
+Sig = tuple[int, int, int]  # (size, mtime_ns, ctime_ns) of a backing file
 
 
 @dataclass
@@ -54,6 +69,8 @@ class CacheCounters:
     cache_misses: int = 0
     backing_reads: int = 0
     backing_read_bytes: int = 0
+    backing_fallbacks: int = 0  # backing reads without RWF_DONTCACHE (fadvise instead)
+    write_fills: int = 0  # pages written through the mount and cached from the write
     pressure_shrinks: int = 0
 
 
@@ -61,7 +78,22 @@ class CacheCounters:
 class PendingPage:
     key: Key
     data: bytes
-    promoted: bool
+    poor: bool  # did not compress at its last try: stored raw without trying again
+
+
+@dataclass(slots=True)
+class ReadPlan:
+    """A read the tiers could not answer whole: what they found, and the runs of
+    missing pages to read from the backing file (`Cache.read` makes it,
+    `Cache.fill_plan` completes it)."""
+
+    off: int
+    size: int
+    first: int  # page index of found[0]
+    found: list[bytes | None]  # per page of the request: the page, or None (missing)
+    runs: list[tuple[int, int]]  # (first page, page count) of each missing run
+    version: int  # the file's version when the lookup was made
+    pages: int = field(default=0)  # pages the runs cover
 
 
 class Cache:
@@ -69,16 +101,19 @@ class Cache:
 
     def __init__(self, page_size: int, cache_size: int, memlimit: int, threshold: int,
                  compressor: str = codecs.DEFAULT, accept_threshold_percent: int = 90,
-                 volatile: bool = True) -> None:
+                 volatile: bool = True, keep_hits: bool = False,
+                 store_raw: bool = True) -> None:
         self.page_size = page_size
         self.configured = max(1, cache_size // page_size)  # tier-1 pages, as configured
         self.capacity = self.configured  # in force (lower while under memory pressure)
         self.codec = codecs.get(compressor)
+        self.keep_hits = keep_hits
         self.tier1: Tier[bytes] = Tier()
-        self.promoted: set[Key] = set()  # tier-1 keys that came from a pool hit
+        self.stored: set[Key] = set()  # tier-1 keys whose pool copy is valid
         self.pending: Tier[PendingPage] = Tier()
         self.pool = CompressedPool(page_size, memlimit, threshold, accept_threshold_percent,
-                                   volatile)
+                                   volatile, store_raw)
+        self.poor: dict[int, set[int]] = {}  # fid -> pages that did not compress
         self.c = CacheCounters()
         self._files: dict[bytes, FileState] = {}
         # States the kernel forgot while they still had pages: dropped once those pages
@@ -115,6 +150,7 @@ class Cache:
         if not state.opens and not self.has_pages(state.fid):
             del self._files[identity]
             self._forgotten.pop(identity, None)
+            self.poor.pop(state.fid, None)
         else:
             self._forgotten[identity] = state
         # Two looked at per one added: the states kept for their pages stay bounded
@@ -131,6 +167,7 @@ class Cache:
                 forgotten[identity] = state
             else:
                 del self._files[identity]
+                self.poor.pop(state.fid, None)
                 dropped += 1
         return dropped
 
@@ -150,34 +187,131 @@ class Cache:
         state.sig = sig
         return False
 
-    def changing(self, state: FileState) -> None:
-        """Call before and after a change through the mount (write, truncate)."""
+    def changing(self, state: FileState) -> tuple[int, Sig | None]:
+        """Call before a change through the mount (write, truncate). Returns what to
+        hand to `changed` afterwards: the version, and the signature the cache knew."""
+        known = state.sig
         state.version += 1
         state.sig = None
         state.size = None
+        return state.version, known
+
+    def changed(self, state: FileState, token: tuple[int, Sig | None],
+                before: Sig | None = None, after: Sig | None = None) -> bool:
+        """Call after a change through the mount, with the file's signature just before
+        and just after it (None: not known). True if the file is known as it is now: no
+        other change through the mount overlapped ours, and the file was as the cache
+        knew it before ours (NFS's weak cache consistency check: otherwise someone
+        changed it outside meanwhile). Then its pages may be cached from the write and
+        the next open keeps the cache; otherwise the next open drops the file."""
+        version, known = token
+        fresh = (state.version == version and after is not None and before is not None
+                 and before == known)
+        state.version += 1
+        if fresh:
+            state.sig = after
+            state.size = after[0]  # type: ignore[index]
+        else:
+            state.sig = state.size = None  # an open since ours began set them
+        return fresh
 
     # -- lookups -------------------------------------------------------------------
 
     def get(self, fid: int, index: int) -> bytes | None:
-        """A page from any tier (a pool hit moves it to tier 1); None on a miss."""
+        """A page from any tier; None on a miss. A pool hit keeps the compressed copy
+        (and goes to tier 1, marked stored, only with keep_hits)."""
         key = (fid, index)
         page = self.tier1.get(key)
         if page is not None:
             self.c.cache_hits += 1
             return page
-        pend = self.pending.pop(key)
-        if pend is not None:
-            self.c.cache_hits += 1
-            self._put(key, pend.data, pend.promoted)
-            return pend.data
+        if self.pending.items:
+            pend = self.pending.peek(key)
+            if pend is not None:
+                self.c.cache_hits += 1
+                return pend.data
         self.c.cache_misses += 1
-        if fid not in self.pool.files:
-            self.pool.c.failed_gets += 1
-            return None
         page = self.pool.load(fid, index)
-        if page is not None:
-            self._put(key, page, True)
+        if page is not None and self.keep_hits:
+            self.stored.add(key)
+            self._put(key, page)
         return page
+
+    def read(self, state: FileState, off: int, size: int) -> bytes | ReadPlan:
+        """Answer a read of `size` bytes at `off` from the tiers, or say which runs of
+        pages are missing (a ReadPlan, completed by `fill_plan`). Never awaits."""
+        ps = self.page_size
+        end = off + size
+        known = state.size
+        if known is not None:  # known since open or our last change: EOF without I/O
+            if off >= known:
+                return b""
+            if end > known:
+                end = known
+        first = off // ps
+        last = (end - 1) // ps
+        fid = state.fid
+        start = off - first * ps
+        get = self.get
+        if first == last:  # one page: the 4 KiB random read
+            page = get(fid, first)
+            if page is not None:
+                return page if start == 0 and size >= len(page) else page[start:start + size]
+            return ReadPlan(off, size, first, [None], [(first, 1)], state.version, 1)
+        found: list[bytes | None] = []
+        complete = True
+        for index in range(first, last + 1):
+            page = get(fid, index)
+            found.append(page)
+            if page is None:
+                complete = False
+            elif len(page) < ps:  # the end of the file
+                break
+        if complete:
+            return _cut(found, start, size)  # type: ignore[arg-type]
+        runs: list[tuple[int, int]] = []
+        run = -1
+        for i, page in enumerate(found):
+            if page is None:
+                if run < 0:
+                    run = i
+            elif run >= 0:
+                runs.append((first + run, i - run))
+                run = -1
+        if run >= 0:
+            runs.append((first + run, len(found) - run))
+        return ReadPlan(off, size, first, found, runs, state.version,
+                        sum(n for _, n in runs))
+
+    def fill_plan(self, state: FileState, plan: ReadPlan, runs: list[list[bytes]],
+                  fallback: bool = False) -> bytes:
+        """Complete a ReadPlan with the pages read for each of its runs (a run may be
+        short at the end of the file): cache them unless the file changed meanwhile,
+        and return the answer. `fallback`: the backing read could not use
+        RWF_DONTCACHE (counted)."""
+        c = self.c
+        c.backing_reads += len(runs)
+        if fallback:
+            c.backing_fallbacks += len(runs)
+        # The lookup counted one miss per missing page, as it should; the pages it
+        # found after a gap were real hits.
+        fresh = state.version == plan.version
+        found, base = plan.found, plan.first
+        for (first, _), pages in zip(plan.runs, runs, strict=True):
+            for i, page in enumerate(pages):
+                c.backing_read_bytes += len(page)
+                found[first - base + i] = page
+            if fresh and pages:
+                self.fill(state, first, pages, plan.version)
+        out: list[bytes] = []
+        ps = self.page_size
+        for got in found:
+            if got is None:
+                break
+            out.append(got)
+            if len(got) < ps:
+                break
+        return _cut(out, plan.off - base * ps, plan.size)
 
     def fill(self, state: FileState, first: int, pages: list[bytes], version: int) -> None:
         """Insert pages read from the backing file at `version` (ignored if stale)."""
@@ -189,37 +323,59 @@ class Cache:
         for i, page in enumerate(pages):
             if not page:
                 break
+            index = first + i
             if len(page) < ps:
-                state.tail = first + i
-            key = (fid, first + i)
-            # A read from the first missing page may cover pages cached further on:
-            # keep one copy (the fresh one) so a key stays in one tier only. Looked up
-            # per page: _put may compress (and admit) pending pages inline.
+                state.tail = index
+            key = (fid, index)
+            # A concurrent miss of the same page may have cached it meanwhile: keep one
+            # copy in tier 1 / pending (the fresh one); a pool copy holds the same bytes.
             if pending.items:
                 pending.pop(key)
-            if key in pool.lru:
-                pool.discard(fid, key[1])
-            self._put(key, page, False)
+            if pool.contains(fid, index):
+                self.stored.add(key)
+            self._put(key, page)
 
-    def _put(self, key: Key, page: bytes, promoted: bool) -> None:
-        # Hot path (every miss and every pool hit): plain dict/set operations only.
+    def written(self, state: FileState, off: int, data: bytes, fresh: bool) -> int:
+        """After a write of `data` at `off` through the mount (and `changed`): cache
+        the whole pages it wrote, and the last page if the write ended the file (only
+        if `fresh`: no other change overlapped). Returns the pages cached."""
+        self.invalidate_range(state, off, len(data))
+        if not fresh or not data:
+            return 0
+        ps = self.page_size
+        end = off + len(data)
+        index = -(-off // ps)  # the first page that starts inside the write
+        pages: list[bytes] = []
+        while (index + 1) * ps <= end:
+            pages.append(data[index * ps - off:(index + 1) * ps - off])
+            index += 1
+        first = index - len(pages)
+        if index * ps < end and end == state.size:  # the new last page, short
+            pages.append(data[index * ps - off:])
+        if pages:
+            self.fill(state, first, pages, state.version)
+            self.c.write_fills += len(pages)
+        return len(pages)
+
+    def _put(self, key: Key, page: bytes) -> None:
+        # Hot path (every miss): plain dict/set operations only.
         tier1 = self.tier1
         tier1.put(key, page)
-        if promoted:
-            self.promoted.add(key)
         if len(tier1.items) > self.capacity:
             self._overflow()
 
     def _overflow(self) -> None:
-        """Move tier 1's least recently used pages past capacity to pending."""
-        tier1, pending, promoted = self.tier1, self.pending, self.promoted
+        """Move tier 1's least recently used pages past capacity to pending (a page
+        the pool already holds is simply dropped: that costs nothing)."""
+        tier1, pending, stored, poor = self.tier1, self.pending, self.stored, self.poor
         items = tier1.items
         while len(items) > self.capacity:
             old, data = tier1.pop_oldest()
-            was = old in promoted
-            if was:
-                promoted.discard(old)
-            pending.put(old, PendingPage(old, data, was))
+            if stored and old in stored:
+                stored.discard(old)
+                continue
+            bad = poor.get(old[0])
+            pending.put(old, PendingPage(old, data, bad is not None and old[1] in bad))
         if len(pending.items) > MAX_PENDING:
             self.compress_inline(len(pending.items) - MAX_PENDING)
 
@@ -231,23 +387,33 @@ class Cache:
 
     def admit(self, done: list[tuple[PendingPage, Compressed]]) -> None:
         """Admit compressed pages whose pending entry is still the same object (not
-        read back or invalidated while the compressor ran)."""
-        pool = self.pool
+        read back or invalidated while the compressor ran); remember the pages that
+        did not compress."""
+        pool, pending, poor = self.pool, self.pending, self.poor
         for pend, comp in done:
-            if self.pending.peek(pend.key) is pend:
-                self.pending.pop(pend.key)
-                pool.admit(pend.key[0], pend.key[1], comp, pend.promoted)
+            if pending.peek(pend.key) is pend:
+                pending.pop(pend.key)
+                fid, index = pend.key
+                if comp.poor and comp.tried:
+                    poor.setdefault(fid, set()).add(index)
+                pool.admit(fid, index, comp)
 
     def compress_inline(self, n: int) -> None:
         batch = self.take_pending(n)
-        self.admit([(p, compress_page(self.codec, p.data, self.pool.threshold))
+        self.admit([(p, compress_page(self.codec, p.data, self.pool.threshold, p.poor))
                     for p in batch])
 
     # -- invalidation --------------------------------------------------------------
 
     def _drop(self, fid: int, indexes: list[int]) -> None:
-        for index in indexes:
-            self.promoted.discard((fid, index))
+        if self.stored:
+            for index in indexes:
+                self.stored.discard((fid, index))
+        bad = self.poor.get(fid)
+        if bad:
+            bad.difference_update(indexes)
+            if not bad:
+                del self.poor[fid]
         self.tier1.drop(fid, indexes)
         self.pending.drop(fid, indexes)
         self.pool.invalidate_pages(fid, indexes)
@@ -289,7 +455,8 @@ class Cache:
     def drop_all(self) -> None:
         self.tier1.clear()
         self.pending.clear()
-        self.promoted.clear()
+        self.stored.clear()
+        self.poor.clear()
         self.pool.clear()
         for state in self._files.values():
             state.tail = None
@@ -308,10 +475,18 @@ class Cache:
         for tier in (self.pending, self.tier1):
             while dropped < pages and len(tier):
                 key, _ = tier.pop_oldest()
-                self.promoted.discard(key)
+                self.stored.discard(key)
                 dropped += 1
         self.capacity = max(1, min(self.capacity, len(self.tier1)))
         return dropped
 
     def set_compressor(self, name: str) -> None:
         self.codec = codecs.get(name)
+
+
+def _cut(pages: list[bytes], start: int, size: int) -> bytes:
+    """The `size` bytes at `start` of the pages joined (no copy for a whole page)."""
+    if not pages:
+        return b""
+    data = pages[0] if len(pages) == 1 else b"".join(pages)
+    return data if start == 0 and size >= len(data) else data[start:start + size]

@@ -33,7 +33,7 @@ from pyfuse3 import FUSEError
 
 from . import backing, pool
 from .backing import POLICY_XATTR, Backing, Caller, Found
-from .cache import Cache, FileState
+from .cache import Cache, FileState, ReadPlan, Sig
 from .control import ControlError, Controls, ReadOnly, UnknownName
 from .inodes import CONTROL_BASE, ROOT_NODEID, Inode, InodeTable
 from .options import MountOptions
@@ -64,6 +64,8 @@ class FileHandle:
     state: FileState  # the file's cache state (writes must invalidate, even uncached)
     cached: bool  # reads go through the daemon's tiers
     nowait: bool  # uncached: try RWF_NOWAIT reads on the trio thread
+    append: bool = False  # opened O_APPEND: writes land at the end, not at `off`
+    dontcache: bool = True  # backing reads try RWF_DONTCACHE (False after EOPNOTSUPP)
 
 
 @dataclass(slots=True)
@@ -89,8 +91,9 @@ def _pread(fd: int, size: int, off: int) -> bytes:
 
 
 def _compress_batch(codec: Any, threshold: int, batch: list[Any]) -> list[Any]:
-    """Worker thread: compress pending pages (lz4/lzo release the GIL)."""
-    return [(p, pool.compress_page(codec, p.data, threshold)) for p in batch]
+    """Worker thread: compress pending pages (lz4/lzo release the GIL); pages known not
+    to compress are not tried again."""
+    return [(p, pool.compress_page(codec, p.data, threshold, p.poor)) for p in batch]
 
 
 class Operations(pyfuse3.Operations):
@@ -105,7 +108,8 @@ class Operations(pyfuse3.Operations):
         self.opts = opts
         self.page_size = opts.page_size
         self.cache = Cache(opts.page_size, opts.cache_size, opts.memlimit, opts.threshold,
-                           opts.compressor, opts.accept_threshold_percent, opts.volatile)
+                           opts.compressor, opts.accept_threshold_percent, opts.volatile,
+                           keep_hits=opts.direct_io)
         self.controls = Controls(self.cache, ram, self._control_changed)
         self.ctl_name = opts.control.encode()
         self.ctl_names = Controls.names()
@@ -127,6 +131,9 @@ class Operations(pyfuse3.Operations):
         self._count_lock = threading.Lock()
         # Test hook: emulate a slow backing store (milliseconds per blocking call).
         self._delay = float(os.environ.get("ZCACHEFS_DEBUG_BACKING_DELAY_MS", "0")) / 1000
+        # Test hook: backing reads start on the fadvise fallback, as on a filesystem
+        # without RWF_DONTCACHE (or a kernel before 6.14).
+        self._dontcache = not os.environ.get("ZCACHEFS_DEBUG_NO_DONTCACHE")
 
     # -- plumbing ------------------------------------------------------------------
 
@@ -373,9 +380,11 @@ class Operations(pyfuse3.Operations):
                      attr.st_mtime_ns if fields.update_mtime else -1)
         size = attr.st_size if fields.update_size else None
         state = self.cache.file(node.identity) if size is not None else None
+        token: tuple[int, Sig | None] = (0, None)
         if state is not None:
-            self.cache.changing(state)
+            token = self.cache.changing(state)
             self.cache.truncate(state, size)  # type: ignore[arg-type]
+        st: os.stat_result | None = None
         try:
             st = await self._run(
                 _caller(ctx), self.backing.setattr, node.ref,
@@ -385,8 +394,11 @@ class Operations(pyfuse3.Operations):
                 attr.st_gid if fields.update_gid else -1, size, times)
         finally:
             if state is not None:
-                self.cache.changing(state)
+                # Without the signature before the change, an outside change cannot be
+                # told from ours: the next open drops the file (truncates are rare).
+                self.cache.changed(state, token)
                 self.cache.truncate(state, size)  # type: ignore[arg-type]
+        assert st is not None
         return self._attr(node, st)
 
     async def readlink(self, inode: pyfuse3.InodeT,
@@ -465,7 +477,9 @@ class Operations(pyfuse3.Operations):
             self.cache.invalidate_file(state)  # pages cached before the policy changed
         cached = not direct and not policy_off and stat_mod.S_ISREG(st.st_mode)
         state.opens += 1
-        self.files[fd] = FileHandle(fd, node, state, cached, nowait=not self._delay)
+        self.files[fd] = FileHandle(fd, node, state, cached, nowait=not self._delay,
+                                    append=bool(flags & os.O_APPEND),
+                                    dontcache=self._dontcache)
         return pyfuse3.FileInfo(fh=cast(pyfuse3.FileHandleT, fd),
                                 direct_io=direct or self.opts.direct_io,
                                 keep_cache=keep and not flags & os.O_TRUNC)
@@ -507,42 +521,13 @@ class Operations(pyfuse3.Operations):
             ctl = self.ctl_handles[fh]
             return ctl.content[off:off + size]
         if handle.cached:
-            # The hit path: no await, no thread, a dict lookup per page.
-            ps = self.page_size
-            state = handle.state
-            end = off + size
-            if state.size is not None:  # known since open: answer EOF without I/O
-                if off >= state.size:
-                    return b""
-                end = min(end, state.size)
-            first = off // ps
-            last = (end - 1) // ps
-            fid = state.fid
-            get = self.cache.get
-            if first == last:
-                page = get(fid, first)
-                if page is not None:
-                    if self.cache.pending.items:
-                        self.wake_background()
-                    start = off - first * ps
-                    return page if start == 0 and size >= len(page) else \
-                        page[start:start + size]
-                found: list[bytes] = []
-            else:
-                found = []
-                for index in range(first, last + 1):
-                    page = get(fid, index)
-                    if page is None:
-                        break
-                    found.append(page)
-                    if len(page) < ps:  # end of file
-                        break
-                if self.cache.pending.items:
-                    self.wake_background()
-                if len(found) == last - first + 1 or (found and len(found[-1]) < ps):
-                    start = off - first * ps
-                    return b"".join(found)[start:start + size]
-            return await self._read_miss(handle, off, size, first + len(found), last, found)
+            # The hit path: no await, no thread.
+            got = self.cache.read(handle.state, off, size)
+            if self.cache.pending.items:
+                self.wake_background()
+            if type(got) is bytes:
+                return got
+            return await self._read_miss(handle, cast(ReadPlan, got))
         if handle.nowait:
             buf = bytearray(size)
             try:
@@ -558,44 +543,47 @@ class Operations(pyfuse3.Operations):
                 return buf  # type: ignore[return-value]  # any buffer will do
         return await self._run(None, _pread, handle.fd, size, off)
 
-    async def _read_miss(self, handle: FileHandle, off: int, size: int, first: int,
-                         last: int, found: list[bytes]) -> bytes:
-        """Read pages first..last from the backing file, cache them, answer."""
+    async def _read_miss(self, handle: FileHandle, plan: ReadPlan) -> bytes:
+        """Read the runs of pages no tier holds from the backing file (only those), and
+        let the cache keep them and assemble the answer."""
         ps = self.page_size
-        state = handle.state
-        version = state.version
-        data = await self._run(None, Backing.read_pages, handle.fd, first * ps,
-                               (last - first + 1) * ps)
-        cache = self.cache
-        cache.c.backing_reads += 1
-        cache.c.backing_read_bytes += len(data)
-        # Only the first missing page was looked up; the rest of the range is read
-        # from the file too, so it counts as missed, page by page.
-        more = (last - first) if data else 0
-        cache.c.cache_misses += more
-        cache.pool.c.failed_gets += more
-        cache.fill(state, first, [data[i:i + ps] for i in range(0, len(data), ps)], version)
-        if cache.pending.items:
+        runs = [(first * ps, count * ps) for first, count in plan.runs]
+        pages, dontcache = await self._run(None, backing.read_runs, handle.fd, runs, ps,
+                                           handle.dontcache)
+        handle.dontcache = dontcache
+        data = self.cache.fill_plan(handle.state, plan, pages, fallback=not dontcache)
+        if self.cache.pending.items:
             self.wake_background()
-        start = off - (first - len(found)) * ps
-        if found:
-            data = b"".join(found) + data
-        return data[start:start + size]
+        return data
 
     async def write(self, fh: pyfuse3.FileHandleT, off: int, buf: bytes) -> int:
         handle = self.files.get(fh)
         if handle is None:
             return self._ctl_write(self.ctl_handles[fh], buf)
         # Drop what the write makes stale before and after it, and move the version
-        # so a read that overlaps the write does not cache what it read.
+        # so a read that overlaps the write does not cache what it read. After it,
+        # the whole pages written are cached (write-allocate).
         cache, state = self.cache, handle.state
-        cache.changing(state)
+        token = cache.changing(state)
         cache.invalidate_range(state, off, len(buf))
         try:
-            return await self._run(None, os.pwrite, handle.fd, buf, off)
-        finally:
-            cache.changing(state)
+            n, before, sig = await self._run(None, backing.write_at, handle.fd, buf, off)
+        except BaseException:
+            cache.changed(state, token)
             cache.invalidate_range(state, off, len(buf))
+            raise
+        fresh = cache.changed(state, token, before, sig)
+        if handle.append:
+            # O_APPEND: the data went to the end of the file, wherever the kernel
+            # thought that was; drop the range it really landed in, cache nothing.
+            cache.invalidate_range(state, sig[0] - n, n)
+            cache.invalidate_range(state, off, n)
+        else:
+            cache.written(state, off, buf[:n] if n < len(buf) else buf,
+                          fresh and handle.cached)
+        if cache.pending.items:
+            self.wake_background()
+        return n
 
     async def flush(self, fh: pyfuse3.FileHandleT) -> None:
         return None  # writes are already in the backing file; nothing is buffered

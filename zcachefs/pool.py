@@ -1,9 +1,12 @@
 """Tier 2: the compressed pool of one mount, keyed by (file id, page index).
 
-The zcache design, finished: pages evicted from tier 1 are compressed and kept if they
-compress to at most `threshold` bytes; pages filled with one byte value (zero pages
-included) keep only that byte and are accepted even when the pool is full. Loads are
-exclusive (a hit frees the compressed copy). A newer store of a key replaces the older.
+The zcache design, finished: pages leaving tier 1 are compressed and kept if they
+compress to at most `threshold` bytes; a page that does not is stored as it is (raw,
+as zswap has done since 2025) unless `store_raw` is off. Pages filled with one byte
+value (zero pages included) keep only that byte and are accepted even when the pool is
+full. Loads are NOT exclusive: a hit decompresses and keeps the compressed copy (marked
+referenced), so serving a page from the pool costs one decompression and no later
+recompression. A newer store of a key replaces the older; invalidation drops it.
 
 Memory: compressed pages live in slabs (anonymous mmaps) split into slots of one size
 class each, the zsmalloc idea: a slab whose last object goes is unmapped, so freed pool
@@ -26,9 +29,13 @@ random reads in a 256 MiB budget at 0.71x of plain instead of 1.29x).
 measured per-entry cost of the index (`ENTRY_OVERHEAD`).
 
 Limit and eviction: a store that would pass `memlimit` is refused and marks the pool
-full (pool_limit_hit); while full, stores are refused until the shrinker has evicted,
-in least-recently-stored order with a second chance for pages that were hit before,
-down to `accept_threshold_percent` of the limit (zswap's hysteresis). `shrink()` works
+full (pool_limit_hit); while full, stores are refused until the shrinker has evicted
+down to `accept_threshold_percent` of the limit (zswap's hysteresis). Eviction is
+CLOCK over the least-recently-stored order (a page hit since its last look gets a
+second chance) and weighs bytes: of the `EVICT_WINDOW` oldest unreferenced entries the
+largest goes first, so a raw page (a whole page of memory) leaves before the three or
+four compressed pages the same bytes hold, while an old compressed page still leaves
+before a recently stored raw one. `shrink()` works
 in bounded batches so a caller never waits for a long shrink.
 
 Invariants (checked by tests after every operation):
@@ -56,6 +63,11 @@ from . import codecs
 # the per-file dict and one OrderedDict node. Measured with tracemalloc on CPython 3.11
 # (tests/test_pool.py::test_entry_overhead_matches_tracemalloc checks it stays true).
 ENTRY_OVERHEAD = 304
+# Entries looked at per eviction (the victim is the largest unreferenced one among them).
+# 8: a raw page at the head of the LRU is found among the oldest 8 pages, while the
+# search stays a fixed ~2 us per eviction.
+EVICT_WINDOW = 8
+RAW = codecs.BY_NAME["none"].id  # entries stored as they are use the identity codec
 
 SLAB_BYTES = 256 * 1024  # default slab; pools pick 64 KiB..1 MiB by memlimit (slab_size)
 HEADER = 4  # per slot: CRC-32 of the compressed bytes, little-endian
@@ -98,20 +110,29 @@ class Compressed:
     length: int  # uncompressed length of the page
     codec: int  # codec id, or 0 for a same-filled page
     blob: bytes  # compressed bytes; for a same-filled page, the one fill byte
-    poor: bool = False  # compressed above the threshold: not admitted
+    # Does not compress to the threshold: `blob` is the page itself (codec RAW), stored
+    # raw when the pool allows it. `tried`: the codec ran (False: known poor, skipped).
+    poor: bool = False
+    tried: bool = True
 
 
-def compress_page(codec: codecs.Codec, page: bytes, threshold: int) -> Compressed:
-    """Compress one page for the pool. Thread-safe; releases the GIL in the codec."""
+def compress_page(codec: codecs.Codec, page: bytes, threshold: int,
+                  known_poor: bool = False) -> Compressed:
+    """Compress one page for the pool; a page known not to compress is not tried
+    again. Thread-safe; releases the GIL in the codec."""
     first = page[:1]
     # Same-filled? Compare with a filled copy (a memset and a memcmp, ~0.5 us) only when
     # the first and last bytes agree; bytes.count would take ~9 us per 4 KiB page.
     if page and page[-1:] == first and page == first * len(page):
         return Compressed(len(page), 0, first)
+    if known_poor:
+        return Compressed(len(page), RAW, page, poor=True, tried=False)
     blob = codec.compress(page)
-    if codec.name == "none":
-        return Compressed(len(page), codec.id, blob)
-    return Compressed(len(page), codec.id, blob, poor=len(blob) > threshold)
+    if codec.id == RAW:
+        return Compressed(len(page), RAW, blob)
+    if len(blob) > threshold:
+        return Compressed(len(page), RAW, page, poor=True)
+    return Compressed(len(page), codec.id, blob)
 
 
 class Slab:
@@ -329,6 +350,7 @@ class PoolCounters:
     reject_alloc_fail: int = 0
     pool_limit_hit: int = 0
     reclaimed_pages: int = 0
+    raw_skips: int = 0  # known-poor pages stored raw without trying the codec again
     mem_used_max: int = 0
 
 
@@ -336,8 +358,10 @@ class CompressedPool:
     """See the module docstring."""
 
     def __init__(self, page_size: int, memlimit: int, threshold: int,
-                 accept_threshold_percent: int = 90, volatile: bool = True) -> None:
+                 accept_threshold_percent: int = 90, volatile: bool = True,
+                 store_raw: bool = True) -> None:
         self.page_size = page_size
+        self.store_raw = store_raw  # keep pages that do not compress, as they are
         self.memlimit = memlimit  # as configured (the control knob)
         # Lower cap set by the memory-pressure watcher (None: no pressure). The pool
         # obeys min(memlimit, pressure_cap): it gives way to applications.
@@ -357,6 +381,8 @@ class CompressedPool:
         self.same_filled_pages = 0
         self.orig_data_size = 0  # uncompressed bytes of stored pages (zero pages excluded)
         self.compr_data_size = 0  # compressed bytes of stored pages
+        self.raw_pages = 0  # stored pages kept as they are (they did not compress)
+        self.raw_data_size = 0  # their bytes (part of orig_ and compr_data_size)
 
     # -- accounting ----------------------------------------------------------------
 
@@ -405,8 +431,12 @@ class CompressedPool:
         if key in self.lru:
             self._drop(key)
         if comp.poor:
-            self.c.reject_compress_poor += 1
-            return False
+            if comp.tried:
+                self.c.reject_compress_poor += 1
+            else:
+                self.c.raw_skips += 1
+            if not self.store_raw:
+                return False
         if comp.codec == 0:  # same-filled: only the index entry, accepted even if full
             entry = _Entry(comp.length, 0, None, comp.blob[0], 0, referenced)
             if comp.blob[0] == 0:
@@ -431,6 +461,9 @@ class CompressedPool:
             self.stored_pages += 1
             self.orig_data_size += comp.length
             self.compr_data_size += size
+            if comp.codec == RAW:
+                self.raw_pages += 1
+                self.raw_data_size += size
         pages = self.files.get(fid)
         if pages is None:
             pages = self.files[fid] = {}
@@ -447,12 +480,38 @@ class CompressedPool:
         return self.admit(fid, index, compress_page(codec, page, self.threshold), referenced)
 
     def load(self, fid: int, index: int) -> bytes | None:
-        """Exclusive get: the page, whose compressed copy is freed; None on a miss."""
+        """Get a page, keeping its compressed copy (marked referenced: a second chance
+        at eviction); None on a miss."""
         pages = self.files.get(fid)
         entry = pages.get(index) if pages is not None else None
         if entry is None:
             self.c.failed_gets += 1
             return None
+        return self._load(fid, index, entry)
+
+    def load_run(self, fid: int, first: int, count: int) -> list[bytes]:
+        """Pages first, first+1, ... up to count, stopping at the first one missing
+        (counted as a failed get) or short (the end of the file). One index lookup for
+        the whole run: the per-request cost of a 128 KiB read."""
+        pages = self.files.get(fid)
+        if pages is None:
+            self.c.failed_gets += 1
+            return []
+        out: list[bytes] = []
+        ps = self.page_size
+        for index in range(first, first + count):
+            entry = pages.get(index)
+            page = None if entry is None else self._load(fid, index, entry)
+            if page is None:
+                if entry is None:
+                    self.c.failed_gets += 1
+                break
+            out.append(page)
+            if len(page) < ps:
+                break
+        return out
+
+    def _load(self, fid: int, index: int, entry: _Entry) -> bytes | None:
         if entry.slab is None:
             page = bytes((entry.slot,)) * entry.length
         else:
@@ -462,16 +521,23 @@ class CompressedPool:
                 self.c.failed_gets += 1
                 self.c.reclaimed_pages += 1
                 return None
-            try:
-                page = codecs.BY_ID[entry.codec].decompress(blob, entry.length)
-            except codecs.CodecError:
-                # Never serve a damaged page: drop it, it is read again from the file.
-                self._drop((fid, index))
-                self.c.failed_gets += 1
-                return None
-        self._drop((fid, index))
+            if entry.codec == RAW:
+                page = blob
+            else:
+                try:
+                    page = codecs.BY_ID[entry.codec].decompress(blob, entry.length)
+                except codecs.CodecError:
+                    # Never serve a damaged page: drop it, it is read again from the file.
+                    self._drop((fid, index))
+                    self.c.failed_gets += 1
+                    return None
+        entry.referenced = True
         self.c.succ_gets += 1
         return page
+
+    def contains(self, fid: int, index: int) -> bool:
+        pages = self.files.get(fid)
+        return pages is not None and index in pages
 
     def _drop(self, key: tuple[int, int]) -> None:
         entry = self.lru.pop(key)
@@ -489,6 +555,9 @@ class CompressedPool:
             self.stored_pages -= 1
             self.orig_data_size -= entry.length
             self.compr_data_size -= entry.size
+            if entry.codec == RAW:
+                self.raw_pages -= 1
+                self.raw_data_size -= entry.size
 
     # -- invalidation (cost proportional to the file's pages) ----------------------
 
@@ -529,7 +598,8 @@ class CompressedPool:
     # -- eviction -------------------------------------------------------------------
 
     def shrink(self, max_entries: int = 256) -> int:
-        """Evict up to max_entries in LRU order (second chance) while over target.
+        """Evict up to max_entries while over target: CLOCK over the least recently
+        stored entries, weighing bytes (see the module docstring).
 
         Bounded work: at most 2 * max_entries entries are looked at, so a pool whose
         oldest pages were all hit before may evict nothing in one call; `last_scanned`
@@ -538,18 +608,40 @@ class CompressedPool:
         if self.needs_shrink:
             self.arena.trim()  # empty spare slabs go first: they hold no page
         evicted = 0
-        scanned = 0
+        scanned = 0  # entries spared (second chance) or evicted
         lru = self.lru
-        while lru and scanned < 2 * max_entries and evicted < max_entries:
+        budget = 2 * max_entries
+        raw = self.page_size  # a slot this large holds a raw page: nothing frees more
+        while lru and scanned < budget and evicted < max_entries:
             if not self.needs_shrink:
                 break
-            key, entry = next(iter(lru.items()))
-            scanned += 1
-            if entry.referenced:
-                entry.referenced = False
+            victim: tuple[int, int] | None = None
+            vsize = -1
+            second: list[tuple[int, int]] = []
+            candidates = 0
+            for key, entry in lru.items():
+                if entry.referenced:
+                    entry.referenced = False
+                    second.append(key)
+                    scanned += 1
+                    if scanned >= budget:
+                        break
+                    continue
+                # The memory it frees: its slot (equal slots: the oldest goes).
+                size = 0 if entry.slab is None else entry.slab.size
+                if size > vsize:
+                    victim, vsize = key, size
+                    if size >= raw:
+                        break
+                candidates += 1
+                if candidates >= EVICT_WINDOW:
+                    break
+            for key in second:
                 lru.move_to_end(key)
+            if victim is None:
                 continue
-            self._drop(key)
+            self._drop(victim)
+            scanned += 1
             evicted += 1
             if self.arena.spares:
                 self.arena.trim()  # the eviction emptied a slab: unmap it before more

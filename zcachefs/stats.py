@@ -24,7 +24,10 @@ COUNTERS: dict[str, tuple[str, str]] = {
     "zero_pages": ("gauge", "zero-filled pages in the pool (they cost no data memory)"),
     "same_filled_pages": ("gauge",
                           "pages of one repeated non-zero byte in the pool (no data memory)"),
-    "stored_pages": ("gauge", "compressed pages in the pool"),
+    "stored_pages": ("gauge", "pages in the pool holding data (compressed or raw)"),
+    "raw_pages": ("gauge", "pages stored as they are because they did not compress to "
+                           "the threshold (part of stored_pages)"),
+    "raw_data_size": ("gauge", "bytes of the raw-stored pages (part of compr_data_size)"),
     "orig_data_size": ("gauge",
                        "uncompressed bytes of the compressed pages in the pool (zero and "
                        "same-filled pages excluded)"),
@@ -51,7 +54,10 @@ COUNTERS: dict[str, tuple[str, str]] = {
     "invalidates": ("counter", "pool pages dropped because their file changed"),
     "evicted_pages": ("counter", "pool pages evicted (LRU, second chance) to stay in limit"),
     "reject_compress_poor": ("counter",
-                             "pages refused because they compressed above the threshold"),
+                             "compressions that came out above the threshold (the page is "
+                             "then stored raw)"),
+    "raw_skips": ("counter", "pages stored raw without compressing, because they did not "
+                             "compress last time"),
     "pool_limit_hit": ("counter",
                        "stores refused because the pool was at its limit (or, once full, "
                        "not yet back under accept_threshold_percent)"),
@@ -61,6 +67,9 @@ COUNTERS: dict[str, tuple[str, str]] = {
                         "slabs are MADV_FREE then); dropped, read again from the file"),
     "backing_reads": ("counter", "read calls made on backing files to fill the cache"),
     "backing_read_bytes": ("counter", "bytes read from backing files to fill the cache"),
+    "backing_fallbacks": ("counter", "backing reads that could not use RWF_DONTCACHE and "
+                                     "dropped the range with fadvise(DONTNEED) instead"),
+    "write_fills": ("counter", "pages cached from writes through the mount"),
     "hit_ratio": ("gauge", "(cache_hits + hits) / page lookups"),
     "compression_ratio": ("gauge", "orig_data_size / mem_used_total (effective, all costs)"),
 }
@@ -75,6 +84,8 @@ def snapshot(cache: Cache) -> Mapping[str, float]:
         "zero_pages": pool.zero_pages,
         "same_filled_pages": pool.same_filled_pages,
         "stored_pages": pool.stored_pages,
+        "raw_pages": pool.raw_pages,
+        "raw_data_size": pool.raw_data_size,
         "orig_data_size": pool.orig_data_size,
         "compr_data_size": pool.compr_data_size,
         "mem_used_total": used,
@@ -94,11 +105,14 @@ def snapshot(cache: Cache) -> Mapping[str, float]:
         "invalidates": pc.invalidates,
         "evicted_pages": pc.evicted_pages,
         "reject_compress_poor": pc.reject_compress_poor,
+        "raw_skips": pc.raw_skips,
         "pool_limit_hit": pc.pool_limit_hit,
         "reject_alloc_fail": pc.reject_alloc_fail,
         "reclaimed_pages": pc.reclaimed_pages,
         "backing_reads": cc.backing_reads,
         "backing_read_bytes": cc.backing_read_bytes,
+        "backing_fallbacks": cc.backing_fallbacks,
+        "write_fills": cc.write_fills,
         "hit_ratio": round((cc.cache_hits + pc.succ_gets) / lookups, 4) if lookups else 0.0,
         "compression_ratio": round(pool.orig_data_size / used, 4) if used else 0.0,
     }
