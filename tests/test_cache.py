@@ -452,13 +452,15 @@ def test_growing_truncate_drops_only_the_tail() -> None:
 
 
 @pytest.mark.parametrize(("offset", "length", "gone"), [
-    (3 * PS + 10, PS, {3, 4}),
+    (3 * PS + 10, PS, {3, 4}),  # before the short last page (10): it stays
     (3 * PS, PS, {3}),
     (3 * PS, 0, {3}),
     (0, 1, {0}),
     (PS - 1, 2, {0, 1}),
-    (2 * PS, 100 * PS, set(range(2, 10))),  # a long write: only present pages are looked at
-    (50 * PS, PS, set()),  # past the end: only the tail
+    (9 * PS, PS, {9}),  # ends where the last page starts: it stays
+    (9 * PS, PS + 1, {9, 10}),
+    (2 * PS, 100 * PS, set(range(2, 11))),  # a long write: only present pages looked at
+    (50 * PS, PS, {10}),  # past the end: the file grows, the old last page with it
 ])
 def test_invalidate_range_drops_touched_pages_and_the_tail(offset: int, length: int,
                                                           gone: set[int]) -> None:
@@ -469,8 +471,8 @@ def test_invalidate_range_drops_touched_pages_and_the_tail(offset: int, length: 
     fill(cache, other, 0, [page(1), page(2)])
     cache.invalidate_range(state, offset, length)
     left = {i for i in range(11) if where(cache, (state.fid, i))}
-    assert left == set(range(10)) - gone
-    assert state.tail is None
+    assert left == set(range(11)) - gone
+    assert (state.tail is None) == (10 in gone)
     assert cache.get(other.fid, 0) == page(1) and cache.get(other.fid, 1) == page(2)
     check_cache(cache)
 
@@ -553,7 +555,7 @@ def test_invalidation_costs_only_the_files_pages(op: str) -> None:
         cache.truncate(state, 7 * PS)
     else:
         assert not cache.opened(state, (9, 9, 9))
-    assert state.tail is None
+    assert (state.tail is None) == (op != "invalidate_range")  # ends before the tail
     assert len(cache.tier1) + len(cache.pending) + len(cache.pool.lru) >= 90
 
 
@@ -740,8 +742,7 @@ class CacheMachine(RuleBasedStateMachine):
         """A write through the mount awaits the backing file (ended by end_write); the
         backing write happens at once (early) or just before the reply."""
         cache, state, data = self.cache, self.states[f], make(kind, seed, 200, length)
-        token = cache.changing(state)
-        cache.invalidate_range(state, offset, length)
+        token = cache.begin_write(state, offset, length)
         sigs = self._apply(f, offset, data) if early else None
         self.writes.append((f, offset, data, token, early, sigs, self.gen[f]))
 
@@ -753,14 +754,13 @@ class CacheMachine(RuleBasedStateMachine):
         if not early:
             sigs = self._apply(f, offset, data)
         before, after = sigs
-        alone = state.version == token[0]
-        fresh = cache.changed(state, token, before, after)
-        assert fresh == (alone and token[1] == before)
+        fresh = state.version == token.version and token.known == before
+        n = cache.end_write(state, token, offset, data, before, after)
+        assert state.sig == (after if fresh else None)
         if fresh:
-            event("write cached its pages")
+            event("write cached its pages" if n else "write cached nothing")
         else:
             self.unknown[f] = True
-        cache.written(state, offset, data, fresh)
 
     @rule(f=st.integers(0, FILES - 1), size=st.integers(0, 10 * PS))
     def truncate(self, f: int, size: int) -> None:
@@ -949,28 +949,37 @@ def write(cache: Cache, state: FileState, backing: bytearray, off: int, data: by
           outside: bool = False) -> bool:
     """As the adapter writes: changing, the backing write between two signatures,
     changed, written. `outside`: another process changed the file just before."""
-    token = cache.changing(state)
-    cache.invalidate_range(state, off, len(data))
+    token = cache.begin_write(state, off, len(data))
     before = (len(backing), 1 if not outside else 2, 1)
     if off > len(backing):
         backing.extend(bytes(off - len(backing)))
     backing[off:off + len(data)] = data
-    fresh = cache.changed(state, token, before, (len(backing), 1 if not outside else 2, 1))
-    cache.written(state, off, data, fresh)
-    return fresh
+    known = state.version == token.version and token.known == before
+    cache.end_write(state, token, off, data, before,
+                    (len(backing), 1 if not outside else 2, 1))
+    return known
 
 
-def test_whole_pages_written_are_cached_partial_ones_dropped() -> None:
+@pytest.mark.parametrize("where_cached", ["tier1", "pool", "nowhere"])
+def test_written_pages_are_cached_partial_ones_merged(where_cached: str) -> None:
     cache = new_cache(pages=16)
     backing = bytearray(b"".join(page(i) for i in range(8)))
     state = opened(cache, sig=(len(backing), 1, 1))
-    fill(cache, state, 0, [page(i) for i in range(8)])
+    fid = state.fid
+    if where_cached != "nowhere":
+        fill(cache, state, 0, [page(i) for i in range(8)])
+    if where_cached == "pool":
+        cache.set_cache_size(PS)
+        compress_all(cache)
     new = noise(3, 3 * PS)
     assert write(cache, state, backing, PS // 2, new)  # pages 0..3 touched, 1 and 2 whole
-    fid = state.fid
-    assert [where(cache, (fid, i)) for i in range(5)] == [None, "tier1", "tier1", None,
-                                                          "tier1"]
-    assert cache.c.write_fills == 2
+    cached = [where(cache, (fid, i)) is not None for i in range(4)]
+    if where_cached == "nowhere":
+        assert cached == [False, True, True, False]  # partial pages: nothing to merge
+        assert cache.c.write_fills == 2
+    else:
+        assert cached == [True] * 4  # the partial ones merged into their old copy
+        assert cache.c.write_fills == 4
     got = cache.read(state, 0, len(backing))
     if not isinstance(got, bytes):
         got = cache.fill_plan(state, got, backing_pages(bytes(backing), got))
@@ -986,7 +995,10 @@ def test_a_write_that_ends_the_file_caches_its_last_page() -> None:
     assert write(cache, state, backing, PS, b"tail" * 100)
     assert cache.get(state.fid, 1) == b"tail" * 100 and state.tail == 1
     assert write(cache, state, backing, 2 * PS + 10, b"x")  # a hole: page 1 grows
-    assert cache.get(state.fid, 1) is None and cache.get(state.fid, 2) is None
+    assert cache.get(state.fid, 1) is None  # it grew with zeros: not cached from the write
+    assert cache.get(state.fid, 2) == bytes(10) + b"x"  # a new last page: hole, then "x"
+    assert write(cache, state, backing, 2 * PS + 5, b"yy")  # merged into the tail page
+    assert cache.get(state.fid, 2) == bytes(5) + b"yy" + bytes(3) + b"x"
 
 
 def test_a_write_after_an_outside_change_makes_the_next_open_drop() -> None:
@@ -1004,12 +1016,11 @@ def test_overlapping_writes_cache_nothing_and_the_next_open_drops() -> None:
     cache = new_cache(pages=16)
     state = opened(cache, sig=(4 * PS, 1, 1))
     sig = (4 * PS, 1, 1)
-    first = cache.changing(state)
-    second = cache.changing(state)
-    assert not cache.changed(state, second, None, sig)  # the second ends first
-    assert not cache.changed(state, first, sig, sig)
+    first = cache.begin_write(state, 0, PS)
+    second = cache.begin_write(state, 0, PS)
+    assert cache.end_write(state, second, 0, noise(1), sig, sig) == 0  # overlapped
+    assert cache.end_write(state, first, 0, noise(2), sig, sig) == 0
     assert state.sig is None
-    assert cache.written(state, 0, noise(1), False) == 0
 
 
 def test_a_pending_hit_does_not_stop_its_compression() -> None:

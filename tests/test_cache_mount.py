@@ -82,10 +82,16 @@ def test_a_partial_hit_reads_only_the_missing_pages(dmount: Mount) -> None:
     (dmount.source / "f").write_bytes(data)
     mnt = dmount.mountpoint / "f"
     read_all(mnt)
-    with open(mnt, "r+b") as f:  # a partial page written: that page leaves the cache
-        f.seek(10 * PAGE + 100)
-        f.write(b"changed")
-    data[10 * PAGE + 100:10 * PAGE + 107] = b"changed"
+    import mmap
+
+    buf = mmap.mmap(-1, PAGE)  # O_DIRECT wants an aligned buffer
+    buf[:] = b"c" * PAGE
+    fd = os.open(mnt, os.O_RDWR | os.O_DIRECT)  # uncached: its pages leave the cache
+    try:
+        assert os.pwrite(fd, buf, 10 * PAGE) == PAGE
+    finally:
+        os.close(fd)
+    data[10 * PAGE:11 * PAGE] = b"c" * PAGE
     before = stats(dmount.mountpoint)
     with open(mnt, "rb") as f:
         f.seek(8 * PAGE)
@@ -110,7 +116,18 @@ def test_whole_pages_written_through_the_mount_are_cached(dmount: Mount) -> None
     # The mount's own writes do not make the next open drop the file.
     assert read_all(mnt) == data
     assert stats(dmount.mountpoint)["backing_reads"] == s1["backing_reads"]
-    assert (dmount.source / "w").read_bytes() == data
+    # Partial pages written are merged into their cached copies: still no backing read.
+    model = bytearray(data)
+    rnd = random.Random(3)
+    with open(mnt, "r+b") as f:
+        for _ in range(50):
+            off, chunk = rnd.randrange(len(model)), rnd.randbytes(rnd.randrange(1, 3 * PAGE))
+            f.seek(off)
+            f.write(chunk)
+            model[off:off + len(chunk)] = chunk
+    assert read_all(mnt) == bytes(model)
+    assert stats(dmount.mountpoint)["backing_reads"] == s1["backing_reads"]
+    assert (dmount.source / "w").read_bytes() == bytes(model)
 
 
 def test_zero_and_poor_pages(dmount: Mount) -> None:
@@ -135,9 +152,9 @@ def test_raw_pages_evicted_and_read_again_are_not_compressed_again(
     for _ in range(3):
         read_all(m.mountpoint / "r")
         s = settle(m.mountpoint)
-    assert s["evicted_pages"] > 0 or s["pool_limit_hit"] > 0
+    assert s["reject_raw_full"] > 0  # raw pages take free room only: most are refused
     assert s["reject_compress_poor"] <= 400  # each page tried at most once
-    assert s["raw_skips"] > 0
+    assert s["raw_skips"] > 0  # the others are known: not compressed again
 
 
 def test_writes_truncates_and_outside_changes_never_serve_stale_bytes(dmount: Mount) -> None:

@@ -98,6 +98,8 @@ def check_pool(pool: CompressedPool) -> None:
         used[id(slab)] += 1
         slots.add((id(slab), e.slot))
         assert e.size + HEADER <= slab.size
+    assert set(pool.raw_lru) == {k for k, e in lru.items() if e.codec == pool_module.RAW}
+    assert all(pool.raw_lru[k] is lru[k] for k in pool.raw_lru)
     stored = len(lru) - zero - same
     assert len(slots) == stored, "two entries share a slot"
     assert (pool.stored_pages, pool.zero_pages, pool.same_filled_pages) == (stored, zero, same)
@@ -211,6 +213,27 @@ def test_poor_pages_are_stored_raw_and_served_byte_exact() -> None:
     assert pool.load(1, 3) == noise(4, 3000)
     pool.invalidate_pages(1, [0, 3])
     assert (pool.raw_pages, pool.raw_data_size) == (1, PS)
+    check_pool(pool)
+
+
+def test_raw_pages_take_only_free_room_and_leave_first() -> None:
+    pool = CompressedPool(PS, 1 * MiB, PS // 2, accept_threshold_percent=80)
+    i = 0
+    while pool.store(1, i, noise(i), LZ4):  # raw, while there is free room
+        i += 1
+    raw = pool.raw_pages
+    assert raw == i > 10
+    # Refused for want of free room, below the limit: nothing was evicted for it.
+    assert pool.c.reject_raw_full == 1 and pool.c.evicted_pages == 0 and not pool.full
+    assert pool.mem_used_total <= pool.accept_level
+    n = fill_until_refused(pool, fid=2)  # compressed pages fill the rest, to the limit
+    assert n > 0 and pool.full
+    while pool.needs_shrink:
+        pool.shrink()
+    # The shrink took raw pages only (they free the most memory per page lost).
+    assert pool.raw_pages < raw
+    assert pool.c.evicted_pages == raw - pool.raw_pages
+    assert sum(1 for k in pool.lru if k[0] == 2) == n
     check_pool(pool)
 
 
@@ -864,8 +887,12 @@ class PoolMachine(RuleBasedStateMachine):
                     assert pool.mem_used_total <= pool.accept_level
         else:
             self.model.pop(key, None)
-            event("store refused: pool full")
-            assert pool.full
+            if poor and not pool.full:
+                event("raw page refused: no free room")
+                assert pool.mem_used_total > pool.accept_level - 2 * pool.arena.slab_bytes
+            else:
+                event("store refused: pool full")
+                assert pool.full
 
     @rule(key=keys, data=pages, codec=codec_names, referenced=st.booleans())
     def store(self, key: tuple[int, int], data: bytes, codec: str, referenced: bool) -> None:

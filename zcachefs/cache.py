@@ -81,6 +81,15 @@ class PendingPage:
     poor: bool  # did not compress at its last try: stored raw without trying again
 
 
+@dataclass(frozen=True, slots=True)
+class WriteToken:
+    """What `begin_write` hands to `end_write`."""
+
+    version: int
+    known: Sig | None  # the file's signature as the cache knew it
+    edges: dict[int, bytes]  # cached pages the write covers only in part
+
+
 @dataclass(slots=True)
 class ReadPlan:
     """A read the tiers could not answer whole: what they found, and the runs of
@@ -335,27 +344,72 @@ class Cache:
                 self.stored.add(key)
             self._put(key, page)
 
-    def written(self, state: FileState, off: int, data: bytes, fresh: bool) -> int:
-        """After a write of `data` at `off` through the mount (and `changed`): cache
-        the whole pages it wrote, and the last page if the write ended the file (only
-        if `fresh`: no other change overlapped). Returns the pages cached."""
+    def begin_write(self, state: FileState, off: int, length: int) -> WriteToken:
+        """Call before a write through the mount: moves the version, keeps the cached
+        pages the write only partly covers (to merge the new bytes into), and drops
+        every page it touches (a read meanwhile must not serve or cache old bytes)."""
+        ps, size = self.page_size, state.size
+        edges: dict[int, bytes] = {}
+        if length:
+            for index in {off // ps, (off + length - 1) // ps}:
+                start = index * ps
+                if start < off or off + length < start + ps:  # partly covered
+                    if size is not None and start >= size:
+                        edges[index] = b""  # past the end of the file: a hole, zeros
+                        continue
+                    page = self._peek(state.fid, index)
+                    if page is not None and (len(page) == ps or index == state.tail):
+                        edges[index] = page
+        token = WriteToken(*self.changing(state), edges)
+        self.invalidate_range(state, off, length)
+        return token
+
+    def end_write(self, state: FileState, token: WriteToken, off: int, data: bytes,
+                  before: Sig | None = None, after: Sig | None = None,
+                  cache_it: bool = True) -> int:
+        """Call after a write of `data` (the bytes that were written) at `off`, with the
+        file's signatures just before and after it (None after a failure). Drops the
+        touched pages again; if the file is known as it is now (`changed`) and
+        `cache_it`, caches the pages the write now determines: whole pages directly,
+        partly written ones merged into their cached copy. Returns the pages cached."""
+        fresh = self.changed(state, (token.version, token.known), before, after)
         self.invalidate_range(state, off, len(data))
-        if not fresh or not data:
+        if not fresh or not cache_it or not data:
             return 0
-        ps = self.page_size
+        assert after is not None
+        ps, size = self.page_size, after[0]
         end = off + len(data)
-        index = -(-off // ps)  # the first page that starts inside the write
-        pages: list[bytes] = []
-        while (index + 1) * ps <= end:
-            pages.append(data[index * ps - off:(index + 1) * ps - off])
-            index += 1
-        first = index - len(pages)
-        if index * ps < end and end == state.size:  # the new last page, short
-            pages.append(data[index * ps - off:])
-        if pages:
-            self.fill(state, first, pages, state.version)
-            self.c.write_fills += len(pages)
-        return len(pages)
+        first, last = off // ps, (end - 1) // ps
+        cached = 0
+        for index in range(first, last + 1):
+            start = index * ps
+            want = min(ps, size - start)  # the page's length in the file now
+            lo, hi = max(off, start) - start, min(end, start + ps) - start
+            chunk = data[start + lo - off:start + hi - off]
+            if lo == 0 and hi == want:
+                page = chunk
+            else:
+                old = token.edges.get(index)
+                if old is None:
+                    continue
+                if len(old) < lo:  # the old last page, then a hole up to the write
+                    old = old + bytes(lo - len(old))
+                page = old[:lo] + chunk + old[hi:]
+                if len(page) != want:
+                    continue  # not what the file holds now: leave it uncached
+            self.fill(state, index, [page], state.version)
+            cached += 1
+        self.c.write_fills += cached
+        return cached
+
+    def _peek(self, fid: int, index: int) -> bytes | None:
+        """A cached page from any tier, without counting a lookup."""
+        key = (fid, index)
+        page = self.tier1.peek(key)
+        if page is None:
+            pend = self.pending.peek(key)
+            page = pend.data if pend is not None else self.pool.peek(fid, index)
+        return page
 
     def _put(self, key: Key, page: bytes) -> None:
         # Hot path (every miss): plain dict/set operations only.
@@ -426,11 +480,13 @@ class Cache:
         state.tail = None
 
     def invalidate_range(self, state: FileState, offset: int, length: int) -> None:
-        """Drop the pages a write of `length` bytes at `offset` touches, and the tail."""
+        """Drop the pages a write of `length` bytes at `offset` touches, and the short
+        last page if the write may reach it or lengthen the file (ends past its start;
+        a write before it changes neither it nor the size)."""
         ps = self.page_size
         first, last = offset // ps, (offset + max(length, 1) - 1) // ps
         indexes = self._present(state.fid, first, last)
-        if state.tail is not None:
+        if state.tail is not None and offset + max(length, 1) > state.tail * ps:
             indexes.add(state.tail)
             state.tail = None
         self._drop(state.fid, list(indexes))

@@ -476,6 +476,13 @@ class Operations(pyfuse3.Operations):
         if policy_off and not direct:
             self.cache.invalidate_file(state)  # pages cached before the policy changed
         cached = not direct and not policy_off and stat_mod.S_ISREG(st.st_mode)
+        if cached:
+            # The daemon reads what the kernel asks for, in runs, and drops it from the
+            # backing page cache (RWF_DONTCACHE): the backing file's own readahead would
+            # only read pages that are dropped unused and read again (+47% disk reads
+            # in sequential 128 KiB reads here). FUSE's readahead above does the job.
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
         state.opens += 1
         self.files[fd] = FileHandle(fd, node, state, cached, nowait=not self._delay,
                                     append=bool(flags & os.O_APPEND),
@@ -562,25 +569,22 @@ class Operations(pyfuse3.Operations):
             return self._ctl_write(self.ctl_handles[fh], buf)
         # Drop what the write makes stale before and after it, and move the version
         # so a read that overlaps the write does not cache what it read. After it,
-        # the whole pages written are cached (write-allocate).
+        # the pages it wrote are cached (write-allocate; partial pages merged).
         cache, state = self.cache, handle.state
-        token = cache.changing(state)
-        cache.invalidate_range(state, off, len(buf))
+        token = cache.begin_write(state, off, len(buf))
         try:
             n, before, sig = await self._run(None, backing.write_at, handle.fd, buf, off)
         except BaseException:
-            cache.changed(state, token)
-            cache.invalidate_range(state, off, len(buf))
+            cache.end_write(state, token, off, buf)
             raise
-        fresh = cache.changed(state, token, before, sig)
         if handle.append:
             # O_APPEND: the data went to the end of the file, wherever the kernel
             # thought that was; drop the range it really landed in, cache nothing.
+            cache.end_write(state, token, off, buf[:n], before, sig, cache_it=False)
             cache.invalidate_range(state, sig[0] - n, n)
-            cache.invalidate_range(state, off, n)
         else:
-            cache.written(state, off, buf[:n] if n < len(buf) else buf,
-                          fresh and handle.cached)
+            cache.end_write(state, token, off, buf[:n] if n < len(buf) else buf, before,
+                            sig, cache_it=handle.cached)
         if cache.pending.items:
             self.wake_background()
         return n

@@ -33,10 +33,11 @@ full (pool_limit_hit); while full, stores are refused until the shrinker has evi
 down to `accept_threshold_percent` of the limit (zswap's hysteresis). Eviction is
 CLOCK over the least-recently-stored order (a page hit since its last look gets a
 second chance) and weighs bytes: of the `EVICT_WINDOW` oldest unreferenced entries the
-largest goes first, so a raw page (a whole page of memory) leaves before the three or
-four compressed pages the same bytes hold, while an old compressed page still leaves
-before a recently stored raw one. `shrink()` works
-in bounded batches so a caller never waits for a long shrink.
+largest goes first. Raw pages are weighed hardest: they take only free room (below
+`accept_threshold_percent` of the limit, never evicting anything for themselves), and
+they are evicted first (CLOCK among them), so a raw page never pushes out the three or
+four compressed pages its bytes could hold; when the pool has room for both, both stay.
+`shrink()` works in bounded batches so a caller never waits for a long shrink.
 
 Invariants (checked by tests after every operation):
 - mem_used_total == arena bytes + ENTRY_OVERHEAD * (stored + same-filled entries)
@@ -351,6 +352,7 @@ class PoolCounters:
     pool_limit_hit: int = 0
     reclaimed_pages: int = 0
     raw_skips: int = 0  # known-poor pages stored raw without trying the codec again
+    reject_raw_full: int = 0  # raw pages refused: no free room for them (see admit)
     mem_used_max: int = 0
 
 
@@ -372,6 +374,8 @@ class CompressedPool:
                                volatile=volatile)
         self.files: dict[int, dict[int, _Entry]] = {}
         self.lru: OrderedDict[tuple[int, int], _Entry] = OrderedDict()
+        # The raw entries (also in lru), least recently stored first: evicted first.
+        self.raw_lru: OrderedDict[tuple[int, int], _Entry] = OrderedDict()
         self.full = False
         self.last_scanned = 0  # entries the last shrink() looked at
         self.c = PoolCounters()
@@ -450,6 +454,11 @@ class CompressedPool:
                                                          // arena.granularity]
                                      else arena.slab_bytes)
             used = arena.bytes_total + ENTRY_OVERHEAD * len(self.lru)
+            if comp.poor and (self.full or used + need > self.accept_level):
+                # A raw page holds a quarter of what a compressed one does per byte:
+                # it takes only free room, never a compressed page's place.
+                self.c.reject_raw_full += 1
+                return False
             if (self.full or used + need > self.limit) and not self._has_room(need):
                 return False
             try:
@@ -464,6 +473,7 @@ class CompressedPool:
             if comp.codec == RAW:
                 self.raw_pages += 1
                 self.raw_data_size += size
+                self.raw_lru[key] = entry
         pages = self.files.get(fid)
         if pages is None:
             pages = self.files[fid] = {}
@@ -512,28 +522,36 @@ class CompressedPool:
         return out
 
     def _load(self, fid: int, index: int, entry: _Entry) -> bytes | None:
-        if entry.slab is None:
-            page = bytes((entry.slot,)) * entry.length
-        else:
-            blob = self.arena.read(entry.slab, entry.slot, entry.size)
-            if blob is None:  # reclaimed by the kernel under memory pressure
-                self._drop((fid, index))
-                self.c.failed_gets += 1
+        page = self._decode(entry)
+        if page is None:  # reclaimed by the kernel, or damaged: never served
+            if entry.slab is not None and self.arena.read(entry.slab, entry.slot,
+                                                          entry.size) is None:
                 self.c.reclaimed_pages += 1
-                return None
-            if entry.codec == RAW:
-                page = blob
-            else:
-                try:
-                    page = codecs.BY_ID[entry.codec].decompress(blob, entry.length)
-                except codecs.CodecError:
-                    # Never serve a damaged page: drop it, it is read again from the file.
-                    self._drop((fid, index))
-                    self.c.failed_gets += 1
-                    return None
+            self._drop((fid, index))
+            self.c.failed_gets += 1
+            return None
         entry.referenced = True
         self.c.succ_gets += 1
         return page
+
+    def _decode(self, entry: _Entry) -> bytes | None:
+        """The page an entry holds; None if the kernel reclaimed part of it (see
+        Volatile slabs) or it does not decompress."""
+        if entry.slab is None:
+            return bytes((entry.slot,)) * entry.length
+        blob = self.arena.read(entry.slab, entry.slot, entry.size)
+        if blob is None or entry.codec == RAW:
+            return blob
+        try:
+            return codecs.BY_ID[entry.codec].decompress(blob, entry.length)
+        except codecs.CodecError:
+            return None
+
+    def peek(self, fid: int, index: int) -> bytes | None:
+        """The page, if stored and intact, without counting a get or marking it."""
+        pages = self.files.get(fid)
+        entry = pages.get(index) if pages is not None else None
+        return None if entry is None else self._decode(entry)
 
     def contains(self, fid: int, index: int) -> bool:
         pages = self.files.get(fid)
@@ -558,6 +576,7 @@ class CompressedPool:
             if entry.codec == RAW:
                 self.raw_pages -= 1
                 self.raw_data_size -= entry.size
+                self.raw_lru.pop(key, None)
 
     # -- invalidation (cost proportional to the file's pages) ----------------------
 
@@ -609,9 +628,21 @@ class CompressedPool:
             self.arena.trim()  # empty spare slabs go first: they hold no page
         evicted = 0
         scanned = 0  # entries spared (second chance) or evicted
-        lru = self.lru
+        lru, raws = self.lru, self.raw_lru
         budget = 2 * max_entries
         raw = self.page_size  # a slot this large holds a raw page: nothing frees more
+        # Raw pages first (CLOCK among them): each frees a whole page of memory.
+        while raws and scanned < budget and evicted < max_entries and self.needs_shrink:
+            key, entry = next(iter(raws.items()))
+            scanned += 1
+            if entry.referenced:
+                entry.referenced = False
+                raws.move_to_end(key)
+                continue
+            self._drop(key)
+            evicted += 1
+            if self.arena.spares:
+                self.arena.trim()
         while lru and scanned < budget and evicted < max_entries:
             if not self.needs_shrink:
                 break
@@ -710,10 +741,12 @@ class CompressedPool:
         for key in list(self.lru):
             self._drop(key)
         self.arena.trim()
+        self.raw_lru.clear()
         self.full = False
         return n
 
     def close(self) -> None:
         self.files.clear()
         self.lru.clear()
+        self.raw_lru.clear()
         self.arena.close()

@@ -56,6 +56,8 @@ COUNTERS: dict[str, tuple[str, str]] = {
     "reject_compress_poor": ("counter",
                              "compressions that came out above the threshold (the page is "
                              "then stored raw)"),
+    "reject_raw_full": ("counter", "raw pages refused because the pool had no free room "
+                                   "(they never evict compressed pages)"),
     "raw_skips": ("counter", "pages stored raw without compressing, because they did not "
                              "compress last time"),
     "pool_limit_hit": ("counter",
@@ -105,6 +107,7 @@ def snapshot(cache: Cache) -> Mapping[str, float]:
         "invalidates": pc.invalidates,
         "evicted_pages": pc.evicted_pages,
         "reject_compress_poor": pc.reject_compress_poor,
+        "reject_raw_full": pc.reject_raw_full,
         "raw_skips": pc.raw_skips,
         "pool_limit_hit": pc.pool_limit_hit,
         "reject_alloc_fail": pc.reject_alloc_fail,
