@@ -39,6 +39,14 @@ they are evicted first (CLOCK among them), so a raw page never pushes out the th
 four compressed pages its bytes could hold; when the pool has room for both, both stay.
 `shrink()` works in bounded batches so a caller never waits for a long shrink.
 
+Admission near the limit (above `accept_threshold_percent`): only pages seen lately
+(a key evicted or refused, remembered as a "ghost", as many as the pool has entries) may
+take an older page's place; a page never seen is remembered and refused (`reject_cold`).
+Under plain LRU or CLOCK a loop over more data than the pool holds never hits (each
+page is evicted before the loop comes back to it); here the pool keeps a stable part
+of the loop, as a frequency-aware cache would, at the price of one extra miss for a
+page of a new working set once the pool is full.
+
 Invariants (checked by tests after every operation):
 - mem_used_total == arena bytes + ENTRY_OVERHEAD * (stored + same-filled entries)
 - after a store returns True, mem_used_total <= limit (= memlimit, or the lower
@@ -68,6 +76,7 @@ ENTRY_OVERHEAD = 304
 # 8: a raw page at the head of the LRU is found among the oldest 8 pages, while the
 # search stays a fixed ~2 us per eviction.
 EVICT_WINDOW = 8
+GHOSTS_MIN = 1024  # ghost keys kept however small the pool
 RAW = codecs.BY_NAME["none"].id  # entries stored as they are use the identity codec
 
 SLAB_BYTES = 256 * 1024  # default slab; pools pick 64 KiB..1 MiB by memlimit (slab_size)
@@ -353,6 +362,7 @@ class PoolCounters:
     reclaimed_pages: int = 0
     raw_skips: int = 0  # known-poor pages stored raw without trying the codec again
     reject_raw_full: int = 0  # raw pages refused: no free room for them (see admit)
+    reject_cold: int = 0  # new pages refused near the limit (not seen lately)
     mem_used_max: int = 0
 
 
@@ -376,6 +386,9 @@ class CompressedPool:
         self.lru: OrderedDict[tuple[int, int], _Entry] = OrderedDict()
         # The raw entries (also in lru), least recently stored first: evicted first.
         self.raw_lru: OrderedDict[tuple[int, int], _Entry] = OrderedDict()
+        # Keys evicted or refused lately, oldest first (see admit): at most as many as
+        # the pool holds entries (~100 bytes each, a third of an entry's index cost).
+        self.ghosts: OrderedDict[tuple[int, int], None] = OrderedDict()
         self.full = False
         self.last_scanned = 0  # entries the last shrink() looked at
         self.c = PoolCounters()
@@ -407,6 +420,13 @@ class CompressedPool:
     @property
     def needs_shrink(self) -> bool:
         return self.mem_used_total > (self.accept_level if self.full else self.limit)
+
+    def _ghost(self, key: tuple[int, int]) -> None:
+        """Remember a key that was evicted or refused (as many as the pool holds)."""
+        ghosts = self.ghosts
+        ghosts[key] = None
+        if len(ghosts) > max(GHOSTS_MIN, len(self.lru)):
+            ghosts.popitem(last=False)
 
     def _has_room(self, nbytes: int) -> bool:
         used = self.mem_used_total
@@ -454,13 +474,28 @@ class CompressedPool:
                                                          // arena.granularity]
                                      else arena.slab_bytes)
             used = arena.bytes_total + ENTRY_OVERHEAD * len(self.lru)
-            if comp.poor and (self.full or used + need > self.accept_level):
-                # A raw page holds a quarter of what a compressed one does per byte:
-                # it takes only free room, never a compressed page's place.
-                self.c.reject_raw_full += 1
-                return False
-            if (self.full or used + need > self.limit) and not self._has_room(need):
-                return False
+            if self.full and used + need <= self.accept_level:
+                self.full = False  # back under accept_level (after invalidations)
+            if self.full or used + need > self.accept_level:
+                if comp.poor:
+                    # A raw page holds a quarter of what a compressed one does per
+                    # byte: it takes only free room, never a compressed page's place.
+                    self.c.reject_raw_full += 1
+                    return False
+                # Near the limit a page must prove itself first: one seen before
+                # (evicted or refused recently: a ghost) may take an older page's
+                # place; a new one is only remembered. A loop over more than the pool
+                # then keeps a stable part of it instead of replacing all of it
+                # before it comes round again (plain LRU/CLOCK: no hit at all).
+                ghosts = self.ghosts
+                if ghosts.pop(key, 0) is None:
+                    if not self._has_room(need):
+                        ghosts[key] = None  # still proven when room is made
+                        return False
+                else:
+                    self._ghost(key)
+                    self.c.reject_cold += 1
+                    return False
             try:
                 slab, slot = arena.alloc(comp.blob, key)
             except OSError:  # no new mapping (vm.max_map_count, overcommit): not stored
@@ -672,6 +707,7 @@ class CompressedPool:
             if victim is None:
                 continue
             self._drop(victim)
+            self._ghost(victim)
             scanned += 1
             evicted += 1
             if self.arena.spares:
@@ -742,6 +778,7 @@ class CompressedPool:
             self._drop(key)
         self.arena.trim()
         self.raw_lru.clear()
+        self.ghosts.clear()
         self.full = False
         return n
 

@@ -58,6 +58,8 @@ COUNTERS: dict[str, tuple[str, str]] = {
                              "then stored raw)"),
     "reject_raw_full": ("counter", "raw pages refused because the pool had no free room "
                                    "(they never evict compressed pages)"),
+    "reject_cold": ("counter", "new pages refused while the pool was nearly full (it "
+                               "takes them when they come back: scan resistance)"),
     "raw_skips": ("counter", "pages stored raw without compressing, because they did not "
                              "compress last time"),
     "pool_limit_hit": ("counter",
@@ -108,6 +110,7 @@ def snapshot(cache: Cache) -> Mapping[str, float]:
         "evicted_pages": pc.evicted_pages,
         "reject_compress_poor": pc.reject_compress_poor,
         "reject_raw_full": pc.reject_raw_full,
+        "reject_cold": pc.reject_cold,
         "raw_skips": pc.raw_skips,
         "pool_limit_hit": pc.pool_limit_hit,
         "reject_alloc_fail": pc.reject_alloc_fail,
