@@ -38,7 +38,7 @@ def read_all(path: Path, chunk: int = 128 * 1024) -> bytes:
 @pytest.fixture
 def dmount(mount_factory: object) -> Mount:
     # direct_io: every read reaches the daemon, so its tiers are what serve it.
-    return mount_factory(options="direct_io,memlimit=16M,cache_size=256K")  # type: ignore[operator,no-any-return]
+    return mount_factory(options="page_size=4K,direct_io,memlimit=16M,cache_size=256K")  # type: ignore[operator,no-any-return]
 
 
 def test_second_read_is_served_by_the_cache(dmount: Mount) -> None:
@@ -147,7 +147,7 @@ def test_zero_and_poor_pages(dmount: Mount) -> None:
 
 def test_raw_pages_evicted_and_read_again_are_not_compressed_again(
         mount_factory: object) -> None:
-    m = mount_factory(options="direct_io,memlimit=512K,cache_size=64K")  # type: ignore[operator]
+    m = mount_factory(options="page_size=4K,direct_io,memlimit=512K,cache_size=64K")  # type: ignore[operator]
     (m.source / "r").write_bytes(os.urandom(400 * PAGE))  # 1.6 MiB: the pool holds 1/4
     for _ in range(3):
         read_all(m.mountpoint / "r")
@@ -193,7 +193,7 @@ def test_writes_truncates_and_outside_changes_never_serve_stale_bytes(dmount: Mo
 
 
 def test_pool_stays_within_memlimit_and_lowering_it_shrinks(mount_factory: object) -> None:
-    m = mount_factory(options="direct_io,memlimit=2M,cache_size=64K")  # type: ignore[operator]
+    m = mount_factory(options="page_size=4K,direct_io,memlimit=2M,cache_size=64K")  # type: ignore[operator]
     for i in range(4):
         (m.source / f"f{i}").write_bytes(compressible(600, seed=i))
     for _ in range(2):
@@ -281,7 +281,7 @@ def test_per_file_policy_bypasses_both_tiers(dmount: Mount) -> None:
 
 def test_file_states_do_not_outlive_forgotten_inodes(mount_factory: object) -> None:
     """A walk over many files must not leave a cache state per file in the daemon."""
-    m = mount_factory(options="direct_io,memlimit=1M,cache_size=64K,pressure=off")  # type: ignore[operator]
+    m = mount_factory(options="page_size=4K,direct_io,memlimit=1M,cache_size=64K,pressure=off")  # type: ignore[operator]
     for i in range(300):
         (m.source / f"f{i}").write_bytes(b"x" * 10)
     for i in range(300):
@@ -325,7 +325,7 @@ def test_a_cold_read_leaves_the_backing_file_uncached(mount_factory: object,
     """The cache keeps its own copy: the backing file's page cache must not hold a
     second one (RWF_DONTCACHE, or fadvise(DONTNEED) of 2 MiB-aligned ranges)."""
     env = {"ZCACHEFS_DEBUG_NO_DONTCACHE": "1"} if fallback else {}
-    m = mount_factory(options="memlimit=64M,cache_size=1M", env=env)  # type: ignore[operator]
+    m = mount_factory(options="page_size=4K,memlimit=64M,cache_size=1M", env=env)  # type: ignore[operator]
     uncached_file(m.source / "big", 32 << 20)
     before = stats(m.mountpoint)
     with open(m.mountpoint / "big", "rb") as f:

@@ -32,7 +32,7 @@ from zcachefs.control import ACTIONS, KNOB_BY_NAME, KNOBS, Controls
 PAGE = 4096
 # direct_io: every read reaches the daemon, so its tiers serve it. pressure=off: the
 # counters must not move because another test elsewhere is using up memory.
-OPTS = "direct_io,memlimit=8M,cache_size=1M,pressure=off"
+OPTS = "page_size=4K,direct_io,memlimit=8M,cache_size=1M,pressure=off"
 CTL = ".zcachefs"
 UID, GID = 1000, 1000
 ROOT = Path(__file__).resolve().parent.parent
@@ -279,12 +279,16 @@ def test_counters_move_under_a_workload(mount_factory: Callable[..., Mount]) -> 
     (ctl(m, "memlimit")).write_text("1M\n")  # evicts, then refuses stores
     assert poll(lambda: stats_json(m)["mem_used_total"] <= 1 << 20)
     read_all(mnt / "big")
+    read_all(mnt / "random")  # evicted first; known not to compress; no free room
+    (src / "fresh").write_bytes(compressible(512, seed=5))
+    read_all(mnt / "fresh")  # new pages near the limit: refused until seen again
     s = settle(m)
     seen.update({n: v for n, v in s.items() if v})
     # pressure_shrinks and reclaimed_pages need real memory pressure (tests/
     # test_pressure.py makes some); reject_alloc_fail a failed mmap (tests/test_pool.py
-    # simulates one).
-    quiet = {"pressure_shrinks", "reclaimed_pages", "reject_alloc_fail"}
+    # simulates one); backing_fallbacks a filesystem without RWF_DONTCACHE
+    # (tests/test_cache_mount.py forces the fallback).
+    quiet = {"pressure_shrinks", "reclaimed_pages", "reject_alloc_fail", "backing_fallbacks"}
     assert set(COUNTER_NAMES) - set(seen) == quiet
     assert all(s[name] == 0 for name in quiet)
     assert 0 < s["hit_ratio"] < 1 and s["compression_ratio"] > 1

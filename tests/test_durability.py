@@ -305,7 +305,7 @@ def _eviction_rounds(m: Mount, tmp_path: Path, rounds: int) -> dict[str, int]:
 def test_fio_verify_with_constant_eviction_and_knob_changes(
         opts: str, mount_factory: MountFactory, tmp_path: Path) -> None:
     extra = "direct_io," if opts == "direct_io" else ""
-    m = mount_factory(options=f"{extra}memlimit=1M,cache_size=16K")
+    m = mount_factory(options=f"{extra}page_size=4K,memlimit=1M,cache_size=16K")
     s = _eviction_rounds(m, tmp_path, 3)
     print(f"[measured] eviction run ({opts}): {s}")
     assert s["puts"] > 0 and s["evicted_pages"] > 0  # constant eviction
@@ -319,7 +319,7 @@ def test_fio_verify_with_constant_eviction_and_knob_changes(
 @pytest.mark.skipif(not SOAK, reason="soak test: run with `make soak` (ZCACHEFS_SOAK=1)")
 def test_soak_fio_verify_with_constant_eviction(mount_factory: MountFactory,
                                                 tmp_path: Path) -> None:
-    m = mount_factory(options="direct_io,memlimit=1M,cache_size=16K")
+    m = mount_factory(options="page_size=4K,direct_io,memlimit=1M,cache_size=16K")
     s = _eviction_rounds(m, tmp_path, 40)
     print(f"[measured] eviction soak: {s}")
     assert s["evicted_pages"] > 0 and s["served_by_cache_at_the_end"] > 0

@@ -18,7 +18,7 @@ from zcachefs.options import (
 def test_defaults() -> None:
     o = parse_options([], ram=1 << 30)
     assert (o.memlimit, o.cache_size, o.page_size, o.compressor) == (
-        (1 << 30) // 10, 64 << 20, 4096, "lz4")
+        (1 << 30) // 10, 8 << 20, 16384, "lz4")
 
 
 def test_values_and_flags() -> None:
@@ -43,7 +43,7 @@ def test_generic_flags_dropped() -> None:
                                  "blksize=-4", "threads=\x00", "ünïcode=1", "memlimit=-1",
                                  "memlimit=1Q", "memlimit=2T", "memlimit=101%", "memlimit=",
                                  "cache_size=0", "page_size=3000", "page_size=128K",
-                                 "compressor=zstd", "threshold=0", "threshold=5000",
+                                 "compressor=zstd", "threshold=0", "threshold=17000",
                                  "accept_threshold_percent=0", "control=a/b", "control=..",
                                  "memlimit=1_000", "memlimit=nan%"])
 def test_bad_options_raise_one_line(bad: str) -> None:
@@ -76,7 +76,7 @@ def test_every_option_has_doc_and_is_a_field() -> None:
 
 def test_sizes_resolve_against_usable_ram() -> None:
     o = parse_options(["memlimit=25%,cache_size=1M"], ram=8 << 30)
-    assert o.memlimit == 2 << 30 and o.cache_size == 1 << 20 and o.threshold == 2048
+    assert o.memlimit == 2 << 30 and o.cache_size == 1 << 20 and o.threshold == 8192
     o = parse_options(["page_size=64K,threshold=25%"], ram=8 << 30)
     assert o.page_size == 65536 and o.threshold == 16384
     assert parse_options([], ram=10 << 30).memlimit == 1 << 30  # 10%, as zcache
