@@ -186,6 +186,25 @@ def _sig(st: os.stat_result) -> Sig:
     return st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
+# Filesystems on which fstat and fgetxattr of an open descriptor only read the inode in
+# memory (no I/O, no network round trip): the adapter may call them inline.
+_LOCAL_FS = frozenset({"ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "f2fs"})
+
+
+def is_local_fs(dev: int) -> bool:
+    """Whether the filesystem of device `dev` is one of _LOCAL_FS (/proc/self/mountinfo)."""
+    want = f"{os.major(dev)}:{os.minor(dev)}"
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 4 and fields[2] == want and " - " in line:
+                    return line.split(" - ", 1)[1].split()[0] in _LOCAL_FS
+    except OSError:
+        pass
+    return False
+
+
 def write_at(fd: int, data: bytes, offset: int) -> tuple[int, Sig, Sig]:
     """pwrite; returns the bytes written and the file's (size, mtime_ns, ctime_ns)
     just before and just after, so the cache can tell its own change from another's
