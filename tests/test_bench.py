@@ -124,6 +124,37 @@ def test_generated_data_is_deterministic(tmp_path: Path) -> None:
         assert (tmp_path / "1" / name).stat().st_size >= size
 
 
+def test_logs10_is_log_text_with_one_random_chunk_in_ten(tmp_path: Path) -> None:
+    files = gen_data.plan(64 << 20, seed=3, dataset="logs10")
+    assert {k for _, k, _ in files} == {"logs10"}
+    name, kind, _ = files[0]
+    size = 40 * gen_data.CHUNK
+    (tmp_path / "1").mkdir()
+    (tmp_path / "2").mkdir()
+    one = gen_data.make_file(tmp_path / "1" / name, kind, size, seed=3)
+    assert one == gen_data.make_file(tmp_path / "2" / name, kind, size, seed=3)
+    data = (tmp_path / "1" / name).read_bytes()
+    chunks = [data[i:i + gen_data.CHUNK] for i in range(0, size, gen_data.CHUNK)]
+    text = [c.isascii() and c.count(b"\n") > 100 for c in chunks]
+    for group in range(4):  # exactly one non-text chunk in every ten
+        assert text[group * 10:group * 10 + 10].count(False) == 1
+    stats = gen_data.page_stats([(tmp_path / "1" / name, kind)],
+                                codecs=("lz4",))["lz4"]["total"]
+    assert stats["admitted_pct"] == pytest.approx(90, abs=1)
+
+
+def test_apps_data(tmp_path: Path) -> None:
+    n = gen_data.write_lookup_db(tmp_path / "db", 2 << 20, seed=1)
+    import sqlite3
+    con = sqlite3.connect(tmp_path / "db")
+    assert con.execute("SELECT count(*), min(id), max(id) FROM t").fetchone() == (n, 1, n)
+    con.close()
+    assert (tmp_path / "db").stat().st_size >= 2 << 20
+    logs = gen_data.write_logs(tmp_path / "logs", 5 << 20, seed=1, file_size=2 << 20)
+    assert [p.stat().st_size for p in logs] == [2 << 20, 2 << 20, 1 << 20]
+    assert all(b" INFO  [" in p.read_bytes() for p in logs)
+
+
 def test_page_stats_counts_zero_and_incompressible_pages(tmp_path: Path) -> None:
     p = tmp_path / "mix"
     p.write_bytes(bytes(4096) + random.Random(1).randbytes(4096) + b"abcd" * 1024)
