@@ -97,7 +97,6 @@ bench-quick: venv bench-deps
 
 # Soak variants of the robustness tests (issue 6): a 10-minute RSS-bound run over 30,000
 # files and 40 rounds of fio verification under constant eviction. Not run by `make test`
-# (they skip unless ZCACHEFS_SOAK=1); as root, ~15 minutes. -v names each soak as it
-# starts and says how far the run is ([ 50%]) as each ends.
+# (they skip unless ZCACHEFS_SOAK=1); as root, ~15 minutes.
 soak: venv
-	ZCACHEFS_SOAK=1 $(BIN)/pytest -v -s -m slow -k soak tests/test_pressure.py tests/test_durability.py
+	ZCACHEFS_SOAK=1 $(BIN)/pytest -q -s -m slow -k soak tests/test_pressure.py tests/test_durability.py
