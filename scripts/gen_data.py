@@ -1,12 +1,19 @@
 #!/usr/bin/env python3
 """Deterministic, realistic data for the seed-replay benchmark (issue 5).
 
-`gen_data.py OUTDIR --size 1.5G --seed 5` writes a directory of equally sized files of
-eight kinds (logs, JSON lines, prose, source code, binaries, SQLite databases,
-incompressible bytes and a disk image made mostly of zero-filled pages) and a
-MANIFEST.json with every file's kind, size and SHA-256. The same seed and size give the
-same bytes on any machine with the same SQLite library (its version is in the file
-header); each file has its own RNG, so a file can be regenerated alone.
+`gen_data.py OUTDIR --size 1.5G --seed 5 [--dataset mix|logs10]` writes a directory of
+equally sized files. The default data set, `mix`, has eight kinds (logs, JSON lines,
+prose, source code, binaries, SQLite databases, incompressible bytes and a disk image
+made mostly of zero-filled pages). With them goes a MANIFEST.json with every file's
+kind, size and SHA-256. The same seed and size give the same bytes on any machine with
+the same SQLite library (its version is in the file header); each file has its own RNG,
+so a file can be regenerated alone.
+
+`--dataset logs10` is the second data set: log-like text in which 10% of the 64 KiB
+chunks are random bytes (exactly one chunk in every ten, at a seeded place), i.e. the
+case where most of the data compresses well and a tenth does not at all.
+`write_lookup_db` and `write_logs` make the real-application benchmark's SQLite
+database and log directory.
 
 Why equal sizes: fio picks a file per I/O without weighing it by its size, so equal
 files make a random read uniform over the bytes of the whole set.
@@ -27,6 +34,7 @@ import random
 import sqlite3
 import struct
 import sys
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -49,8 +57,10 @@ MIX: dict[str, float] = {
     "random": 0.14,
     "image": 0.08,
 }
-EXT = {"log": "log", "json": "jsonl", "text": "txt", "source": "py", "binary": "bin",
-       "sqlite": "sqlite", "random": "dat", "image": "img"}
+# The data sets `plan` knows: name -> share of the bytes per kind.
+DATASETS: dict[str, dict[str, float]] = {"mix": MIX, "logs10": {"logs10": 1.0}}
+EXT = {"logs10": "log", "log": "log", "json": "jsonl", "text": "txt", "source": "py",
+       "binary": "bin", "sqlite": "sqlite", "random": "dat", "image": "img"}
 
 _SYLLABLES = [
     "ka", "ri", "to", "ne", "ma", "su", "lo", "ve", "an", "en", "in", "on", "er", "al", "or",
@@ -238,6 +248,49 @@ def gen_binary(rnd: random.Random) -> Iterator[bytes]:
         yield bytes(out)
 
 
+def gen_log_fast(rnd: random.Random) -> Iterator[bytes]:
+    """Log lines at ~4x gen_log's speed: 4,000 distinct line bodies made by gen_log,
+    picked at random behind increasing millisecond timestamps. Each 4 KiB page
+    compresses as gen_log's do (lz4 3.04 vs 3.04 on 4 KiB pages); zcachefs compresses
+    pages alone, so repeats between far-apart pages do not help it."""
+    source = gen_log(random.Random(rnd.random()))
+    bodies: list[str] = []
+    while len(bodies) < 4000:
+        bodies += [line.split(" ", 1)[1] for line in next(source).decode().splitlines()]
+    ms = (1_773_480_000 + rnd.randrange(86400 * 30)) * 1000
+    while True:
+        out = []
+        last, prefix = -1, ""
+        for body, gap in zip(rnd.choices(bodies, k=4000), rnd.choices(range(6), k=4000),
+                             strict=True):
+            ms += gap
+            sec, milli = divmod(ms, 1000)
+            if sec != last:
+                last, prefix = sec, time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(sec))
+            out.append(f"{prefix}{milli:03d}Z {body}\n")
+        yield "".join(out).encode()
+
+
+CHUNK = 64 << 10  # the unit of logs10's incompressible share
+
+
+def gen_logs10(rnd: random.Random) -> Iterator[bytes]:
+    """64 KiB chunks of log text; in every run of ten, one (at a seeded place) is random
+    bytes: 10% of the data does not compress at all."""
+    text = gen_log_fast(rnd)
+    spare = b""
+    while True:
+        noisy = rnd.randrange(10)
+        for i in range(10):
+            if i == noisy:
+                yield rnd.randbytes(CHUNK)
+                continue
+            while len(spare) < CHUNK:
+                spare += next(text)
+            yield spare[:CHUNK]
+            spare = spare[CHUNK:]
+
+
 def gen_random(rnd: random.Random) -> Iterator[bytes]:
     while True:
         yield rnd.randbytes(1 << 20)
@@ -264,7 +317,7 @@ def gen_image(rnd: random.Random) -> Iterator[bytes]:
 
 GENERATORS: dict[str, Callable[[random.Random], Iterator[bytes]]] = {
     "log": gen_log, "json": gen_json, "text": gen_text, "source": gen_source,
-    "binary": gen_binary, "random": gen_random, "image": gen_image,
+    "binary": gen_binary, "random": gen_random, "image": gen_image, "logs10": gen_logs10,
 }
 
 
@@ -308,20 +361,83 @@ def write_sqlite(path: Path, size: int, rnd: random.Random) -> None:
         con.close()
 
 
+def write_lookup_db(path: Path, size: int, seed: int) -> int:
+    """The real-application benchmark's SQLite database: one table `t` of about `size`
+    bytes (4 KiB pages), ids 1..N as INTEGER PRIMARY KEY (a B-tree keyed by id: a point
+    lookup reads a few pages). Rows are write_sqlite's orders, drawn from a pool of
+    5,000 (every row differs by its id, date and amount), so a page compresses like
+    one of write_sqlite's (each page is compressed alone). Returns N."""
+    rnd = random.Random(f"lookup:{seed}")
+    words = _vocabulary(rnd, 2000)
+    cum = _zipf_weights(len(words))
+    pool = []
+    for _ in range(5000):
+        first, last = rnd.choices(words, cum_weights=cum, k=2)
+        pool.append((f"{first.title()} {last.title()}", f"{first}.{last}@example.org",
+                     rnd.choice(("new", "paid", "shipped", "delivered", "returned")),
+                     " ".join(rnd.choices(words[:100], cum_weights=cum[:100],
+                                          k=rnd.choice((0, 0, 0, 2, 5))))))
+    path.unlink(missing_ok=True)
+    con = sqlite3.connect(path, isolation_level=None)
+    n = 0
+    try:
+        con.execute("PRAGMA page_size=4096")
+        con.execute("PRAGMA journal_mode=OFF")
+        con.execute("PRAGMA synchronous=OFF")
+        con.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, customer TEXT, email TEXT, "
+                    "created TEXT, amount REAL, qty INTEGER, status TEXT, notes TEXT)")
+        con.execute("BEGIN")
+        prices = (4.99, 9.99, 14.5, 19.99, 24.0, 49.99, 99.0, 129.9)
+        while True:
+            picks = rnd.choices(pool, k=20000)
+            amounts = rnd.choices(prices, k=20000)
+            rows = [(i, name, email, f"2025-{i // 200000 % 12 + 1:02d}-{i // 8000 % 28 + 1:02d} "
+                     f"{i // 333 % 24:02d}:{i // 6 % 60:02d}", amount, i % 4 + 1, status, notes)
+                    for i, (name, email, status, notes), amount
+                    in zip(range(n + 1, n + 20001), picks, amounts, strict=True)]
+            con.executemany("INSERT INTO t VALUES (?,?,?,?,?,?,?,?)", rows)
+            n += 20000
+            if con.execute("PRAGMA page_count").fetchone()[0] * PAGE >= size:
+                break
+        con.execute("COMMIT")
+    finally:
+        con.close()
+    return n
+
+
+def write_logs(outdir: Path, size: int, seed: int, file_size: int = 32 << 20) -> list[Path]:
+    """The real-application benchmark's log directory: files of `file_size` bytes of log
+    text (gen_log_fast), `size` bytes in all."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(max(1, -(-size // file_size))):
+        path = outdir / f"app-{i:03d}.log"
+        left = min(file_size, size - i * file_size)
+        text = gen_log_fast(random.Random(f"logs:{seed}:{i}"))
+        with open(path, "wb") as f:
+            while left > 0:
+                chunk = next(text)[:left]
+                f.write(chunk)
+                left -= len(chunk)
+        paths.append(path)
+    return paths
+
+
 # -- the data set ---------------------------------------------------------------------
 
-def plan(size: int, seed: int) -> list[tuple[str, str, int]]:
-    """[(file name, kind, size)] for a set of `size` bytes: equal files, kinds by MIX
-    (largest remainder), in a seeded shuffled order."""
+def plan(size: int, seed: int, dataset: str = "mix") -> list[tuple[str, str, int]]:
+    """[(file name, kind, size)] for a set of `size` bytes: equal files, kinds by the
+    data set's shares (largest remainder), in a seeded shuffled order."""
+    mix = DATASETS[dataset]
     nfiles = max(MIN_FILES, round(size / FILE_TARGET))
     fsize = max(PAGE, size // nfiles // PAGE * PAGE)
-    exact = {k: w * nfiles for k, w in MIX.items()}
+    exact = {k: w * nfiles for k, w in mix.items()}
     counts = {k: int(v) for k, v in exact.items()}
     for k in sorted(exact, key=lambda k: exact[k] - counts[k], reverse=True):
         if sum(counts.values()) >= nfiles:
             break
         counts[k] += 1
-    kinds = [k for k in MIX for _ in range(counts[k])]
+    kinds = [k for k in mix for _ in range(counts[k])]
     random.Random(f"plan:{seed}").shuffle(kinds)
     return [(f"{i:03d}-{k}.{EXT[k]}", k, fsize) for i, k in enumerate(kinds)]
 
@@ -352,21 +468,24 @@ def _make(args: tuple[str, str, int, int]) -> str:
 
 
 def generate(outdir: Path, size: int, seed: int, workers: int | None = None,
-             log: Callable[[str], None] = print, manifest_path: Path | None = None) -> dict:
+             log: Callable[[str], None] = print, manifest_path: Path | None = None,
+             dataset: str = "mix") -> dict:
     """Create (or reuse, if the manifest matches) the data set; returns the manifest.
     The manifest is OUTDIR/MANIFEST.json unless `manifest_path` puts it elsewhere (the
     benchmark keeps it out of the directory its workloads read)."""
     outdir.mkdir(parents=True, exist_ok=True)
     manifest_path = manifest_path or outdir / "MANIFEST.json"
-    want = plan(size, seed)
+    want = plan(size, seed, dataset)
     try:
         old = json.loads(manifest_path.read_text())
         if (old.get("version") == GENERATOR_VERSION and old.get("seed") == seed
+                and old.get("dataset", "mix") == dataset
                 and old.get("requested_size") == size
                 and sqlite3.sqlite_version == old.get("sqlite_version")
                 and all((outdir / f["name"]).stat().st_size == f["size"]
                         for f in old["files"])):
-            log(f"data: reusing {outdir} ({old['size'] / 2**20:.0f} MiB, seed {seed})")
+            log(f"data: reusing {outdir} ({dataset}, {old['size'] / 2**20:.0f} MiB, "
+                f"seed {seed})")
             return old
     except (OSError, ValueError, KeyError):
         pass
@@ -374,13 +493,15 @@ def generate(outdir: Path, size: int, seed: int, workers: int | None = None,
     for stale in outdir.iterdir():
         if stale.is_file():
             stale.unlink()
-    log(f"data: generating {len(want)} files, {size / 2**20:.0f} MiB, seed {seed} in {outdir}")
+    log(f"data: generating {dataset}: {len(want)} files, {size / 2**20:.0f} MiB, seed {seed} "
+        f"in {outdir}")
     jobs = [(str(outdir / name), kind, fsize, seed) for name, kind, fsize in want]
     with ProcessPoolExecutor(max_workers=workers or min(2, os.cpu_count() or 1)) as ex:
         digests = list(ex.map(_make, jobs))
     files = [{"name": name, "kind": kind, "size": (outdir / name).stat().st_size,
               "sha256": digest} for (name, kind, _), digest in zip(want, digests, strict=True)]
-    manifest = {"version": GENERATOR_VERSION, "seed": seed, "requested_size": size,
+    manifest = {"version": GENERATOR_VERSION, "dataset": dataset, "seed": seed,
+                "requested_size": size,
                 "size": sum(f["size"] for f in files), "sqlite_version": sqlite3.sqlite_version,
                 "files": files}
     manifest_path.write_text(json.dumps(manifest, indent=1) + "\n")
@@ -469,10 +590,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=parse_size, default=parse_size("1536M"),
                     help="total bytes (K/M/G suffixes), default 1536M")
     ap.add_argument("--seed", type=int, default=5)
+    ap.add_argument("--dataset", choices=sorted(DATASETS), default="mix",
+                    help="mix (eight kinds, ~2:1 with lz4; default) or logs10 (log text "
+                         "with 10%% incompressible 64 KiB chunks)")
     ap.add_argument("--ratios", action="store_true",
                     help="print per-codec, per-kind compression ratios of 4 KiB pages")
     args = ap.parse_args(argv)
-    manifest = generate(args.outdir, args.size, args.seed)
+    manifest = generate(args.outdir, args.size, args.seed, dataset=args.dataset)
     print(f"{len(manifest['files'])} files, {manifest['size']} bytes")
     if args.ratios:
         print(format_ratios(page_stats([(args.outdir / f["name"], f["kind"])

@@ -5,10 +5,12 @@ the run completes and its results are well-formed."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import struct
@@ -27,7 +29,7 @@ SCRIPTS = REPO / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 
 import gen_data  # noqa: E402
-from benchlib import cgroup, report  # noqa: E402
+from benchlib import apps, cgroup, report  # noqa: E402
 from benchlib import workloads as wl  # noqa: E402
 
 WORKLOADS = [w.name for w in wl.workloads(5, 10)]
@@ -124,6 +126,37 @@ def test_generated_data_is_deterministic(tmp_path: Path) -> None:
         assert (tmp_path / "1" / name).stat().st_size >= size
 
 
+def test_logs10_is_log_text_with_one_random_chunk_in_ten(tmp_path: Path) -> None:
+    files = gen_data.plan(64 << 20, seed=3, dataset="logs10")
+    assert {k for _, k, _ in files} == {"logs10"}
+    name, kind, _ = files[0]
+    size = 40 * gen_data.CHUNK
+    (tmp_path / "1").mkdir()
+    (tmp_path / "2").mkdir()
+    one = gen_data.make_file(tmp_path / "1" / name, kind, size, seed=3)
+    assert one == gen_data.make_file(tmp_path / "2" / name, kind, size, seed=3)
+    data = (tmp_path / "1" / name).read_bytes()
+    chunks = [data[i:i + gen_data.CHUNK] for i in range(0, size, gen_data.CHUNK)]
+    text = [c.isascii() and c.count(b"\n") > 100 for c in chunks]
+    for group in range(4):  # exactly one non-text chunk in every ten
+        assert text[group * 10:group * 10 + 10].count(False) == 1
+    stats = gen_data.page_stats([(tmp_path / "1" / name, kind)],
+                                codecs=("lz4",))["lz4"]["total"]
+    assert stats["admitted_pct"] == pytest.approx(90, abs=1)
+
+
+def test_apps_data(tmp_path: Path) -> None:
+    n = gen_data.write_lookup_db(tmp_path / "db", 2 << 20, seed=1)
+    import sqlite3
+    con = sqlite3.connect(tmp_path / "db")
+    assert con.execute("SELECT count(*), min(id), max(id) FROM t").fetchone() == (n, 1, n)
+    con.close()
+    assert (tmp_path / "db").stat().st_size >= 2 << 20
+    logs = gen_data.write_logs(tmp_path / "logs", 5 << 20, seed=1, file_size=2 << 20)
+    assert [p.stat().st_size for p in logs] == [2 << 20, 2 << 20, 1 << 20]
+    assert all(b" INFO  [" in p.read_bytes() for p in logs)
+
+
 def test_page_stats_counts_zero_and_incompressible_pages(tmp_path: Path) -> None:
     p = tmp_path / "mix"
     p.write_bytes(bytes(4096) + random.Random(1).randbytes(4096) + b"abcd" * 1024)
@@ -168,6 +201,51 @@ def test_targets_and_ratios() -> None:
     assert targets["random-read-vs-plain"]["met"] is True
     assert targets["compression-on-vs-off"]["ratio"] == 3.0
     assert targets["seq-reread-vs-plain"]["met"] is None  # not measured
+
+
+def test_iozone_table_says_gain_or_loss_per_kind() -> None:
+    io = {"plain": {"write": 100_000.0, "rewrite": 100_000.0, "read": 50_000.0,
+                    "reread": 50_000.0, "random_read": 40_000.0, "random_write": 90_000.0},
+          "lz4": {"write": 50_000.0, "rewrite": 101_000.0, "read": 60_000.0,
+                  "reread": 150_000.0, "random_read": 80_000.0, "random_write": 10_000.0},
+          "lzo": {"error": "daemon is gone"}}
+    report.add_iozone_ratios(io)
+    assert io["lz4"]["vs_plain"]["reread"] == 3.0
+    table = report.iozone_table(io, {"plain": "plain", "lz4": "z", "lzo": "o"})
+    rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines()}
+    assert rows["write"].endswith("| 0.50 loss | - |")
+    assert rows["rewrite"].endswith("| 1.01 even | - |")
+    assert rows["re-read"].endswith("| 3.00 gain | - |")
+    assert "Failed: o: daemon is gone" in table
+    groups = report.extra_groups(io, {})
+    assert groups["iozone re-read"]["lz4"] == {"vs_plain": 3.0}
+
+
+def test_app_ratios_and_table() -> None:
+    rows = {"plain": {"rate": 100.0, "warm_bytes": 10e6, "warm_s": 1.0, "check": 7},
+            "lz4": {"rate": 250.0, "warm_bytes": 10e6, "warm_s": 0.5, "check": 7,
+                    "hit_ratio": 0.5}}
+    report.add_app_ratios({"grep": rows})
+    assert rows["lz4"]["vs_plain"] == 2.5
+    table = report.app_table("grep", "t", "MB/s", rows, {})
+    assert "| lz4 | 250.0 | 2.50 | 20.0 | 50.0 |" in table
+
+
+def test_app_runner_answers_the_same_everywhere(tmp_path: Path) -> None:
+    """The runner itself, on a small database and log directory (no budget)."""
+    gen_data.write_lookup_db(tmp_path / "db", 1 << 20, seed=1)
+    gen_data.write_logs(tmp_path / "logs", 1 << 20, seed=1, file_size=256 << 10)
+    out = {}
+    for app, path in (("sqlite", "db"), ("grep", "logs"), ("scan", "db")):
+        for _ in range(2):
+            r = subprocess.run([sys.executable, str(SCRIPTS / "benchlib" / "apps.py"), app,
+                                str(tmp_path / path), "--runtime", "0.2"],
+                               capture_output=True, text=True, check=True)
+            got = json.loads(r.stdout)
+            assert got["rate"] > 0 and got["ops"] >= 1
+            assert out.setdefault(app, got["check"]) == got["check"]
+    assert out["scan"] == (tmp_path / "db").stat().st_size
+    assert out["grep"] > 0
 
 
 # -- the real thing ---------------------------------------------------------------------
@@ -266,8 +344,33 @@ def test_quick_run_produces_wellformed_results(workdir: Path, tmp_path: Path) ->
     for wname in WORKLOADS:
         assert f"**{wname}**" in md
     table_rows = [line for line in md.splitlines() if line.startswith("| plain directory |")]
-    assert len(table_rows) == len(WORKLOADS)
+    assert len(table_rows) == len(WORKLOADS) + len(doc["apps"])
     assert (results / "fio" / "lz4-randread.json").exists()
+
+    # Real applications, in --apps-configs (plain,lz4): the same answers everywhere.
+    assert list(doc["apps"]) == [app.name for app in apps.APPS]
+    for name, rows in doc["apps"].items():
+        assert list(rows) == ["plain", "lz4"], name
+        for cfg, row in rows.items():
+            assert "error" not in row, (name, cfg, row["error"])
+            assert row["rate"] > 0 and row["ops"] > 0 and row["vs_plain"] is not None
+        assert rows["plain"]["check"] == rows["lz4"]["check"], name
+        assert f"**{name}**" in md and f"apps.py {name} " in md
+    assert "## Real applications" in md
+    # iozone where it is installed (make bench-deps), a one-line skip otherwise.
+    if wl.iozone_path():
+        assert list(doc["iozone"]) == CONFIGS[:-1]
+        for cfg, row in doc["iozone"].items():
+            assert "error" not in row, (cfg, row["error"])
+            assert all(row[t] > 0 for t in wl.IOZONE_TESTS)
+        for title in report.IOZONE_TITLES.values():
+            row = next(line for line in md.splitlines() if line.startswith(f"| {title} |"))
+            assert re.search(r"\d\.\d\d (gain|loss|even) \|$", row), row
+    else:
+        assert "iozone: not installed" in text
+    # Progress: a [step/total] line before every timed step, up to the last.
+    steps = [(int(a), int(b)) for a, b in re.findall(r"-> \[(\d+)/(\d+)\] ", text)]
+    assert steps and [a for a, _ in steps] == list(range(1, steps[-1][1] + 1))
 
 
 @pytest.mark.slow
@@ -295,3 +398,81 @@ def test_interrupted_run_cleans_up(workdir: Path, tmp_path: Path) -> None:
     assert doc["complete"] is False
     manifest = json.loads((workdir / "data-manifest.json").read_text())
     assert load_bench().verify(workdir / "set" / "data", manifest["files"]) == []
+
+
+# -- the demo ---------------------------------------------------------------------------
+
+LAST_LINE = re.compile(r"demo: re-read \d+\.\d\dx, random read \d+\.\d\dx vs plain "
+                       r"\(chart: (/\S+\.png)\)")
+
+
+def demo(workdir: Path, chart: Path, out: Path, *args: str) -> subprocess.Popen[bytes]:
+    with open(out, "wb") as f:
+        return subprocess.Popen([sys.executable, str(SCRIPTS / "demo"), "--ram", "128M",
+                                 "--runtime", "1", "--workdir", str(workdir), "--chart",
+                                 str(chart), *args], stdin=subprocess.DEVNULL, stdout=f,
+                                stderr=subprocess.STDOUT)
+
+
+def _demo_leftovers(workdir: Path, pid: int) -> list[str]:
+    out = [str(workdir)] if workdir.exists() else []
+    if is_fuse_mounted(workdir / "mnt"):
+        out.append("mount")
+    with contextlib.suppress(cgroup.CgroupError):
+        for c in cgroup.detect().values():
+            out += [str(d) for d in c.root.glob(f"{cgroup.PREFIX}{pid}-*")]
+    return out
+
+
+def _finish(proc: subprocess.Popen[bytes], workdir: Path, timeout: float) -> None:
+    try:
+        proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        force_unmount(workdir / "mnt")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("budget", ["budget", "no-budget"])
+def test_demo_prints_its_table_and_last_line(tmp_path: Path, budget: str) -> None:
+    if _why_not_runnable(tmp_path) and budget == "budget":
+        pytest.skip(_why_not_runnable(tmp_path) or "")
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    workdir, chart, out = tmp_path / "demo", tmp_path / "chart.png", tmp_path / "out"
+    proc = demo(workdir, chart, out, *(["--no-budget"] if budget == "no-budget" else []))
+    _finish(proc, workdir, timeout=600)
+    text = out.read_text()
+    assert proc.returncode == 0, text[-3000:]
+    lines = text.splitlines()
+    m = LAST_LINE.fullmatch(lines[-1])
+    assert m and m.group(1) == str(chart), lines[-1]
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for needed in ("re-read, MB/s", "4 KiB random read, IOPS", "zcachefs hit ratio",
+                   "orig_data_size", "mem_used_total", "zcachefs stat:", "MOUNTPOINT"):
+        assert needed in text, needed
+    assert [line for line in lines if re.match(r"demo: \[\d/7 ", line)], text
+    assert ("not meaningful" in text) == (budget == "no-budget")
+    assert not _demo_leftovers(workdir, proc.pid)
+
+
+@pytest.mark.slow
+def test_interrupted_demo_leaves_nothing_behind(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root")
+    workdir, chart, out = tmp_path / "demo", tmp_path / "chart.png", tmp_path / "out"
+    proc = demo(workdir, chart, out)
+    try:
+        # SIGINT (Ctrl-C) while zcachefs is mounted and reading
+        assert wait_until(lambda: "zcachefs: sequential re-read" in out.read_text()
+                          and is_fuse_mounted(workdir / "mnt"), timeout=600, interval=0.1), \
+            out.read_text()[-3000:]
+        proc.send_signal(signal.SIGINT)
+    finally:
+        _finish(proc, workdir, timeout=120)
+    assert proc.returncode == 130, out.read_text()[-3000:]
+    assert "interrupted by SIGINT" in out.read_text()
+    assert not _demo_leftovers(workdir, proc.pid)
+    assert not chart.exists()

@@ -8,9 +8,12 @@ import ast
 import functools
 import json
 import os
+import pty
+import re
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -214,7 +217,8 @@ def shown_thrice(out: Path, marker: str) -> bool:
 
 def test_stat_watch_repeats_until_interrupted(zmount: Mount, tmp_path: Path) -> None:
     out = tmp_path / "out"
-    for fmt, marker in (([], "MOUNTPOINT"), (["--json"], '"mountpoint"')):
+    live = f"{zmount.mountpoint} hit%="  # the live view, one line per interval
+    for fmt, marker in (([], live), (["--json"], '"mountpoint"'), (["--prometheus"], "# HELP")):
         with open(out, "w") as f:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "zcachefs", "stat", *fmt, "--watch", "0.1",
@@ -394,3 +398,160 @@ def test_watch_needs_a_positive_interval(zmount: Mount) -> None:
     for bad in ("0", "-1", "x", "nan", "inf"):
         r = zcachefs("stat", "--watch", bad, str(zmount.mountpoint))
         assert r.returncode == 2 and r.stderr.count("\n") == 1, (bad, r.stderr)
+
+
+# -- the live view (stat --watch, top) -------------------------------------------------
+
+BASE = {"cache_hits": 100, "cache_misses": 50, "hits": 30, "misses": 20,
+        "backing_read_bytes": 1 << 20, "mem_used_total": 2 << 20, "memlimit": 8 << 20,
+        "memlimit_effective": 8 << 20, "compression_ratio": 2.5, "hit_ratio": 0.5,
+        "pressure_shrinks": 0, "reclaimed_pages": 0}
+
+
+def test_live_fields_are_rates_of_the_interval() -> None:
+    first = statcli.live_fields(BASE, None, 0.0)
+    assert first["HITS/s"] == first["MISSES/s"] == first["BACKING"] == first["HIT%"] == "-"
+    assert first["TOTAL%"] == "50.0" and first["RATIO"] == "2.50" and first["RAW"] == "-"
+    assert first["POOL"] == "2M" and first["LIMIT"] == "8M (25%)"
+    assert first["PRESSURE"] == "ok"
+    cur = {**BASE, "cache_hits": 300, "cache_misses": 150, "hits": 50, "misses": 100,
+           "backing_read_bytes": (1 << 20) + 4_000_000, "raw_pages": 7}
+    f = statcli.live_fields(cur, BASE, 2.0)
+    # 200 tier-1 hits + 20 pool hits of 300 lookups; 80 misses; 4 MB read, in 2 s
+    assert (f["HITS/s"], f["MISSES/s"], f["HIT%"]) == ("110", "40", "73.3")
+    assert f["BACKING"] == "2.0MB/s" and f["RAW"] == "7"
+    idle = statcli.live_fields(cur, cur, 2.0)
+    assert idle["HIT%"] == "-" and idle["HITS/s"] == "0"
+    # reset_stats between two readings: the new values count from zero
+    reset = {**BASE, "cache_hits": 10, "hits": 0, "cache_misses": 0, "misses": 4}
+    assert statcli.live_fields(reset, cur, 1.0)["HITS/s"] == "10"
+    # a daemon without some counters: '-' where they are missing, no crash
+    assert set(statcli.live_fields({"memlimit": 1 << 20}, {}, 1.0).values()) <= {
+        "-", "1M", "ok"}
+
+
+def test_pressure_state() -> None:
+    assert statcli.pressure_state(BASE, None) == "ok"
+    low = {**BASE, "memlimit_effective": 6 << 20}
+    assert statcli.pressure_state(low, BASE) == "limited:6M"
+    shrunk = {**low, "pressure_shrinks": 2, "reclaimed_pages": 5}
+    assert statcli.pressure_state(shrunk, low) == "shrinking:6M+reclaimed:5"
+    assert statcli.pressure_state({**BASE, "pressure_shrinks": 1}, BASE) == "shrinking"
+
+
+def test_live_table_and_lines() -> None:
+    f = statcli.live_fields(BASE, None, 0.0)
+    out = statcli.live_table([("/a", f), ("/very/long/mountpoint", "the daemon is gone")])
+    lines = out.splitlines()
+    assert lines[0].split() == list(statcli.LIVE_TITLES)
+    assert lines[1].startswith("/a ") and lines[1].endswith(" ok")
+    assert lines[2] == "/very/long/mountpoint the daemon is gone"
+    line = statcli.live_line("T", "/a", f)
+    assert line == ("T /a hit%=- total%=50.0 hits/s=- misses/s=- backing=- pool=2M "
+                    "limit=8M(25%) ratio=2.50 raw_pages=- pressure=ok\n")
+
+
+class PtyReader:
+    """Everything a child writes to its pseudo-terminal, collected by a thread."""
+
+    def __init__(self, master: int) -> None:
+        self.master = master
+        self.chunks: list[bytes] = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                data = os.read(self.master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                return
+            if not data:
+                return
+            self.chunks.append(data)
+
+    def text(self) -> str:
+        return b"".join(self.chunks).decode(errors="replace")
+
+
+def live_hits_per_second(frame: str, mountpoint: str) -> int | None:
+    for line in frame.splitlines():
+        cells = line.split()
+        if cells and cells[0] == mountpoint and len(cells) > 4 and cells[3] != "-":
+            return int(cells[3].replace(",", ""))
+    return None
+
+
+def test_live_view_redraws_in_place_on_a_terminal(zmount: Mount) -> None:
+    """In a pseudo-terminal: the screen is redrawn in place (cursor home + clear), the
+    mount's row shows the hits that reads through it cause, Ctrl-C exits 0 and gives
+    the cursor back."""
+    data = os.urandom(64 << 10) * 16  # 1 MiB, pages that compress
+    (zmount.source / "f").write_bytes(data)
+    mp = str(zmount.mountpoint)
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "zcachefs", "stat", "--watch", "0.2", mp],
+                            stdin=slave, stdout=slave, stderr=slave, cwd="/",
+                            env={**os.environ, "TERM": "xterm"})
+    os.close(slave)
+    reader = PtyReader(master)
+    try:
+        def hits_shown() -> bool:
+            # direct_io: every read reaches the daemon; the second and later are hits
+            assert (zmount.mountpoint / "f").read_bytes() == data
+            frames = reader.text().split(statcli.HOME_CLEAR)
+            return any((live_hits_per_second(f, mp) or 0) > 0 for f in frames)
+
+        assert poll(hits_shown, timeout=30), reader.text()[-2000:]
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+        reader.thread.join(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    text = reader.text()
+    assert text.startswith(statcli.HIDE_CURSOR)
+    assert text.count(statcli.HOME_CLEAR) >= 3
+    assert statcli.SHOW_CURSOR in text.rsplit(statcli.HOME_CLEAR, 1)[1]
+    assert "Traceback" not in text
+    last = text.rsplit(statcli.HOME_CLEAR, 1)[1]
+    assert re.search(r"^MOUNTPOINT +HIT% +TOTAL% +HITS/s", last, re.M), last
+    row = next(line for line in last.splitlines() if line.startswith(mp + " "))
+    assert row.split()[-1] == "ok"  # pressure=off: the limit never moves
+
+
+def test_top_is_the_live_view_one_line_per_interval(zmount: Mount, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    mp = str(zmount.mountpoint)
+    for cmd in (["top", "-n", "0.1", mp], ["stat", "--watch", mp], ["top", "-n", "0.1"]):
+        with open(out, "w") as f:
+            proc = subprocess.Popen([sys.executable, "-m", "zcachefs", *cmd], stdout=f,
+                                    stderr=subprocess.PIPE, text=True, cwd="/")
+        try:
+            # --watch without SECONDS reads every 2 s: wait for two lines then
+            want = 2 if "--watch" in cmd else 3
+            assert poll(lambda n=want: out.read_text().count(f" {mp} hit%=") >= n), \
+                (cmd, out.read_text())
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        assert proc.returncode == 0 and "Traceback" not in err, (cmd, err)
+        lines = [line for line in out.read_text().splitlines() if f" {mp} " in line]
+        assert all(re.fullmatch(r"\S+ \S+ hit%=\S+ total%=\S+ hits/s=\S+ misses/s=\S+ "
+                                r"backing=\S+ pool=\S+ limit=\S+ ratio=\S+ raw_pages=\S+ "
+                                r"pressure=\S+", line) for line in lines), lines
+
+
+def test_live_view_of_a_named_dead_mount_exits_1(mount_factory: Callable[..., Mount]) -> None:
+    m = mount_factory(options=OPTS)
+    os.kill(m.pid, signal.SIGKILL)
+    assert m.proc is not None
+    m.proc.wait(timeout=30)
+    r = zcachefs("stat", "--watch", "0.1", str(m.mountpoint), timeout=30)
+    assert r.returncode == 1
+    assert r.stderr.count("\n") == 1 and "not connected" in r.stderr, r.stderr

@@ -1,4 +1,5 @@
-"""The client commands: `zcachefs stat`, `zcachefs set` and `zcachefs drop`.
+"""The client commands: `zcachefs stat`, `zcachefs top`, `zcachefs set` and
+`zcachefs drop`.
 
 They talk to a live mount only through its control directory
 (`MOUNTPOINT/.zcachefs`, or the name given to `-o control=`): `stat` reads
@@ -12,6 +13,13 @@ A path is checked in /proc/self/mountinfo (the mount on top must be of type
 `fuse.zcachefs`) before anything under it is touched: stat() of a mount whose daemon
 is gone or stuck hangs or fails.
 
+`stat --watch [SECONDS]` (= `top`) is the live view: every SECONDS it reads every
+mount's stats.json and shows what changed since the last reading (hits and misses per
+second, backing MB/s, the interval's hit ratio) next to the levels (pool used against
+its limit, compression ratio, raw-stored pages, memory-pressure state). On a terminal
+it redraws in place; otherwise it prints one line per mount and interval (for logs).
+Ctrl-C ends it with exit 0.
+
 Errors are one line on stderr: exit 1 for a failure at a mount, 2 for bad usage.
 
 A client: must not import pyfuse3, trio or psutil (nor fs or mount). Single-threaded.
@@ -20,6 +28,7 @@ A client: must not import pyfuse3, trio or psutil (nor fs or mount). Single-thre
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import os
@@ -34,7 +43,7 @@ from typing import NoReturn
 from . import stats
 from .control import ACTIONS, KNOBS
 
-SUBCOMMANDS = ("stat", "set", "drop")
+SUBCOMMANDS = ("stat", "top", "set", "drop")
 FSTYPE = "fuse.zcachefs"
 DEFAULT_CONTROL = ".zcachefs"
 XATTR_PREFIX = "user.zcachefs."
@@ -44,11 +53,13 @@ MOUNTINFO = "/proc/self/mountinfo"
 SUMMARY = """\
 client commands (talk to a live mount through MOUNTPOINT/.zcachefs; any user the
 mount lets in can read, root or the mount's owner can change knobs):
-  zcachefs stat [--json|--prometheus] [--watch SECONDS] [MOUNTPOINT...]
+  zcachefs stat [--json|--prometheus] [--watch [SECONDS]] [MOUNTPOINT...]
                                  cache statistics, one row per mount
+  zcachefs top [--interval SECONDS] [MOUNTPOINT...]
+                                 live view (= stat --watch): rates, pool, pressure
   zcachefs set MOUNTPOINT NAME=VALUE...  change knobs at run time (not persisted)
   zcachefs drop MOUNTPOINT...    drop every cached page
-  (a SOURCE named stat, set or drop: write ./stat; see zcachefs stat --help)"""
+  (a SOURCE named stat, top, set or drop: write ./stat; see zcachefs stat --help)"""
 
 
 class ClientError(Exception):
@@ -280,6 +291,181 @@ def set_knob(target: Target, name: str, value: str) -> None:
         raise _failure(target, exc, f"cannot set {name}") from None
 
 
+# -- the live view (stat --watch, top) ---------------------------------------------------
+
+WATCH_DEFAULT = 2.0  # seconds between readings when --watch has no value
+LIVE_TITLES = ("MOUNTPOINT", "HIT%", "TOTAL%", "HITS/s", "MISSES/s", "BACKING", "POOL",
+               "LIMIT", "RATIO", "RAW", "PRESSURE")
+
+
+def _delta(cur: dict[str, float], prev: dict[str, float] | None, *names: str) -> float | None:
+    """Growth of the sum of counters `names` since `prev` (None without a previous
+    reading or when a counter is missing); a reset_stats in between counts from 0."""
+    if prev is None or any(n not in cur or n not in prev for n in names):
+        return None
+    now, before = sum(cur[n] for n in names), sum(prev[n] for n in names)
+    return now - before if now >= before else now
+
+
+def _rate(v: float | None, dt: float) -> str:
+    return "-" if v is None or dt <= 0 else f"{v / dt:,.0f}"
+
+
+def pressure_state(cur: dict[str, float], prev: dict[str, float] | None) -> str:
+    """ok; limited (the watcher lowered the pool's limit below memlimit); shrinking
+    (it gave memory back since the last reading); plus pages the kernel reclaimed."""
+    state = "ok"
+    eff, limit = cur.get("memlimit_effective"), cur.get("memlimit")
+    if eff is not None and limit is not None and eff < limit:
+        state = f"limited:{human(eff)}"
+    shrinks = _delta(cur, prev, "pressure_shrinks")
+    if shrinks:
+        state = "shrinking" if state == "ok" else state.replace("limited", "shrinking")
+    reclaimed = _delta(cur, prev, "reclaimed_pages")
+    if reclaimed:
+        state += f"+reclaimed:{int(reclaimed)}"
+    return state
+
+
+def live_fields(cur: dict[str, float], prev: dict[str, float] | None,
+                dt: float) -> dict[str, str]:
+    """The live view of one mount, from two readings of stats.json `dt` seconds apart
+    (prev None: the first reading; rates are then '-'). Counters a daemon does not
+    have (an older one, or raw_pages before it exists) show as '-'."""
+    hits = _delta(cur, prev, "cache_hits", "hits")
+    looks = _delta(cur, prev, "cache_hits", "cache_misses")
+    misses = _delta(cur, prev, "misses")
+    backing = _delta(cur, prev, "backing_read_bytes")
+    used, limit = cur.get("mem_used_total"), cur.get("memlimit")
+    return {
+        "HIT%": "-" if hits is None or not looks else f"{100 * hits / looks:.1f}",
+        "TOTAL%": f"{100 * cur['hit_ratio']:.1f}" if "hit_ratio" in cur else "-",
+        "HITS/s": _rate(hits, dt),
+        "MISSES/s": _rate(misses, dt),
+        "BACKING": "-" if backing is None or dt <= 0 else f"{backing / dt / 1e6:.1f}MB/s",
+        "POOL": "-" if used is None else human(used),
+        "LIMIT": "-" if limit is None else human(limit) + (
+            f" ({100 * used / limit:.0f}%)" if used is not None and limit else ""),
+        "RATIO": f"{cur['compression_ratio']:.2f}" if "compression_ratio" in cur else "-",
+        "RAW": str(int(cur["raw_pages"])) if "raw_pages" in cur else "-",
+        "PRESSURE": pressure_state(cur, prev),
+    }
+
+
+def live_table(rows: Sequence[tuple[str, dict[str, str] | str]]) -> str:
+    """The live view's table: (mountpoint, fields or an error message) rows."""
+    body = [[mp, *(f[t] for t in LIVE_TITLES[1:])] if isinstance(f, dict) else [mp, f]
+            for mp, f in rows]
+    head = list(LIVE_TITLES)
+    widths = [max([len(head[i])] + [len(r[i]) for r in body if i == 0 or len(r) > 2])
+              for i in range(len(head))]
+    lines = []
+    for r in [head, *body]:
+        if len(r) == 2:  # an error row
+            lines.append(f"{r[0].ljust(widths[0])} {r[1]}")
+            continue
+        cells = [r[0].ljust(widths[0]), *(r[i].rjust(widths[i]) for i in range(1, len(r) - 1))]
+        lines.append(" ".join([*cells, r[-1]]).rstrip())
+    return "\n".join(lines) + "\n"
+
+
+def live_line(stamp: str, mountpoint: str, fields: dict[str, str] | str) -> str:
+    """One line per mount and interval, for logs: KEY=VALUE, no spaces in values."""
+    if isinstance(fields, str):
+        return f"{stamp} {mountpoint} error={fields!r}\n"
+    keys = {"HIT%": "hit%", "TOTAL%": "total%", "HITS/s": "hits/s", "MISSES/s": "misses/s",
+            "BACKING": "backing", "POOL": "pool", "LIMIT": "limit", "RATIO": "ratio",
+            "RAW": "raw_pages", "PRESSURE": "pressure"}
+    parts = [f"{keys[t]}={fields[t].replace(' ', '')}" for t in LIVE_TITLES[1:]]
+    return f"{stamp} {mountpoint} " + " ".join(parts) + "\n"
+
+
+HIDE_CURSOR, SHOW_CURSOR, HOME_CLEAR = "\x1b[?25l", "\x1b[?25h", "\x1b[H\x1b[2J"
+
+
+def watch_live(args: argparse.Namespace, paths: Sequence[str], interval: float) -> int:
+    """Redraw every `interval` seconds until Ctrl-C (exit 0) or, when mountpoints were
+    named, one of them fails (exit 1). Without names, every zcachefs mount is shown,
+    found again at every reading (a mount that fails is a row saying why)."""
+    tty = sys.stdout.isatty()
+    prev: dict[str, tuple[float, dict[str, float]]] = {}
+    out = sys.stdout
+    if tty:
+        out.write(HIDE_CURSOR)
+    try:
+        while True:
+            started = time.monotonic()
+            current = list(paths) if paths else zcachefs_mounts()
+            rows: list[tuple[str, dict[str, str] | str]] = []
+            failed = False
+            seen: set[str] = set()
+            for path in current:
+                try:
+                    target = find(path, args.control)
+                    if target.mountpoint in seen:
+                        continue
+                    seen.add(target.mountpoint)
+                    values = read_stats(target)
+                except ClientError as exc:
+                    if paths:
+                        _error(str(exc))
+                        failed = True
+                    rows.append((path, str(exc).removeprefix(f"{path}: ")))
+                    continue
+                now = time.monotonic()
+                last = prev.get(target.mountpoint)
+                fields = live_fields(values, last[1] if last else None,
+                                     now - last[0] if last else 0.0)
+                prev[target.mountpoint] = (now, values)
+                rows.append((target.mountpoint, fields))
+            if failed:
+                return 1
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+            if tty:
+                head = (f"zcachefs top: every {interval:g}s, {stamp} (Ctrl-C quits); HIT%: "
+                        f"this interval, TOTAL%: since mount\n\n")
+                body = live_table(rows) if rows else "(no zcachefs mounts)\n"
+                out.write(HOME_CLEAR + head + body)
+            else:
+                out.write("".join(live_line(stamp, mp, f) for mp, f in rows)
+                          or f"{stamp} (no zcachefs mounts)\n")
+            out.flush()
+            time.sleep(max(0.0, interval - (time.monotonic() - started)))
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if tty:
+            with contextlib.suppress(OSError):
+                out.write(SHOW_CURSOR + "\n")
+                out.flush()
+
+
+def parse_watch(args: argparse.Namespace) -> float | None:
+    """--watch's optional SECONDS. A value that is not a number but names a mount
+    (checked in mountinfo only) is a MOUNTPOINT: `stat --watch /mnt`."""
+    raw = args.watch
+    if raw is None:
+        return None
+    if raw == "":
+        return WATCH_DEFAULT
+    try:
+        return _positive(raw)
+    except argparse.ArgumentTypeError as exc:
+        try:
+            float(raw)
+            numeric = True
+        except ValueError:
+            numeric = False
+        if not numeric and mount_path(raw) in read_mounts():
+            args.mountpoints.insert(0, raw)
+            return WATCH_DEFAULT
+        raise UsageError(f"stat: --watch: {exc}") from None
+
+
+class UsageError(Exception):
+    """Bad usage found after parsing (exit 2)."""
+
+
 # -- commands --------------------------------------------------------------------------
 
 
@@ -323,23 +509,33 @@ def _stat_round(args: argparse.Namespace, paths: Sequence[str]) -> bool:
 
 
 def cmd_stat(args: argparse.Namespace) -> int:
+    try:
+        interval = parse_watch(args)
+    except UsageError as exc:
+        _error(f"{exc} (see zcachefs stat --help)")
+        return 2
     paths = list(args.mountpoints)
+    if interval is not None and not (args.json or args.prometheus):
+        return watch_live(args, paths, interval)
     if not paths:
         paths = zcachefs_mounts()
         if not paths:
             _error("no zcachefs mounts")
             return 1
-    if args.watch is None:
+    if interval is None:
         return 0 if _stat_round(args, paths) else 1
     try:
         while True:
             if not _stat_round(args, paths):
                 return 1
-            time.sleep(args.watch)
-            if not args.json:
-                print(flush=True)
+            time.sleep(interval)
     except KeyboardInterrupt:
         return 0
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    args.json = args.prometheus = False
+    return watch_live(args, list(args.mountpoints), args.interval)
 
 
 def cmd_set(args: argparse.Namespace) -> int:
@@ -433,6 +629,26 @@ def stat_epilog() -> str:
     ])
 
 
+def top_epilog() -> str:
+    return _listing("columns:", [
+        ("MOUNTPOINT", "where the mount is"),
+        ("HIT%", "hit ratio of this interval's page lookups (- when idle)"),
+        ("TOTAL%", "hit_ratio since mount (or reset_stats)"),
+        ("HITS/s", "page lookups served by tier 1 or the pool, per second"),
+        ("MISSES/s", "page lookups served by no tier, per second"),
+        ("BACKING", "bytes read from backing files to fill the cache, MB/s"),
+        ("POOL", "mem_used_total: memory the compressed pool uses"),
+        ("LIMIT", "memlimit (and how full the pool is)"),
+        ("RATIO", "compression_ratio: orig_data_size / mem_used_total"),
+        ("RAW", "raw_pages: pages stored uncompressed (- if the daemon has no such "
+                "counter)"),
+        ("PRESSURE", "ok; limited:SIZE (the memory watcher lowered the pool's limit); "
+                     "shrinking (it gave memory back in this interval); +reclaimed:N "
+                     "(pool pages the kernel discarded)"),
+    ]) + "\n\nWithout a terminal (a pipe, a log), one line per mount and interval:\n" \
+        "TIME MOUNTPOINT hit%=.. total%=.. hits/s=.. ... pressure=.."
+
+
 def set_epilog() -> str:
     return "\n\n".join([
         _listing("knobs (rw: settable, ro: read-only, action: write 1 to run it):",
@@ -464,13 +680,27 @@ def build_parser() -> argparse.ArgumentParser:
                      help="one JSON object per mount with every counter")
     fmt.add_argument("--prometheus", action="store_true",
                      help="Prometheus text format, labelled with the mountpoint")
-    p.add_argument("--watch", metavar="SECONDS", type=_positive,
-                   help="repeat every SECONDS until interrupted (Ctrl-C: exit 0) or "
-                        "a mount fails (exit 1)")
+    p.add_argument("--watch", metavar="SECONDS", nargs="?", const="",
+                   help=f"live view (as zcachefs top): redraw every SECONDS (default "
+                        f"{WATCH_DEFAULT:g}) until interrupted (Ctrl-C: exit 0) or a named "
+                        "mount fails (exit 1); with --json or --prometheus, repeat those")
     control_option(p)
     p.add_argument("mountpoints", metavar="MOUNTPOINT", nargs="*",
                    help="zcachefs mounts (default: all)")
     p.set_defaults(func=cmd_stat)
+
+    p = sub.add_parser("top", formatter_class=raw, epilog=top_epilog(),
+                       help="live view of every mount",
+                       description="Live view of zcachefs mounts (= zcachefs stat --watch): "
+                                   "redrawn in place on a terminal, one line per mount and "
+                                   "interval otherwise.")
+    p.add_argument("-n", "--interval", metavar="SECONDS", type=_positive,
+                   default=WATCH_DEFAULT, help=f"seconds between readings "
+                                               f"(default {WATCH_DEFAULT:g})")
+    control_option(p)
+    p.add_argument("mountpoints", metavar="MOUNTPOINT", nargs="*",
+                   help="zcachefs mounts (default: all, found again at every reading)")
+    p.set_defaults(func=cmd_top)
 
     p = sub.add_parser("set", formatter_class=raw, epilog=set_epilog(),
                        help="change knobs of a live mount",

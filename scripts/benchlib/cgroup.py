@@ -271,6 +271,38 @@ class Budget:
         return ok
 
 
+class NoBudget:
+    """No cgroup at all (a container without memory/io controllers): the same calls as
+    a Budget, that run commands as they are and read nothing."""
+
+    name = "none"
+    peak_resettable = False
+
+    def wrap(self, cmd: list[str]) -> list[str]:
+        return list(cmd)
+
+    def reset_peak(self) -> None:
+        pass
+
+    def peak(self) -> int:
+        return 0
+
+    def usage(self) -> int:
+        return 0
+
+    def breakdown(self) -> dict[str, int]:
+        return {}
+
+    def oom_kills(self) -> int:
+        return 0
+
+    def disk_read_bytes(self) -> int:
+        return 0
+
+    def remove(self, timeout: float = 10.0) -> bool:
+        return True
+
+
 def _rmdir(d: Path, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while True:

@@ -1,0 +1,144 @@
+"""What scripts/bench and scripts/demo both run: signal handling that lets cleanup
+finish, dropping the kernel's caches, loading the tools outside the budget, a FUSE
+daemon started inside a budget, and reading a mount's stats.json without hanging on
+a stuck daemon."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import cgroup
+
+REPO = Path(__file__).resolve().parent.parent.parent
+MiB = 1 << 20
+if str(REPO / "tests") not in sys.path:
+    sys.path.insert(0, str(REPO / "tests"))
+
+from mounting import Mount, is_fuse_mounted, wait_until  # noqa: E402
+
+
+class Interrupted(BaseException):
+    """SIGTERM / SIGHUP / SIGINT: stop, clean up, exit 130."""
+
+
+def on_signal(signum: int, frame: object) -> None:
+    raise Interrupted(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def signals_blocked() -> Any:
+    """Let cleanup finish even if the user presses Ctrl-C again."""
+    sigs = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def drop_caches() -> None:
+    os.sync()
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3")
+
+
+def warm_tools() -> None:
+    """After dropping the caches, load the programs every configuration runs (fio and its
+    libraries, Python and the modules of the daemons) outside the budget: the budget's
+    disk reads and memory are then the data's, the same for every configuration."""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        subprocess.run(["fio", "--name=warm", "--filename=/dev/zero", "--rw=read",
+                        "--bs=4k", "--size=64k", "--ioengine=psync", "--output-format=json",
+                        "--output=/dev/null"], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, timeout=60, check=False)
+        subprocess.run([sys.executable, "-c", "import zcachefs.cli, zcachefs.mount, "
+                        "zcachefs.fs, pyfuse3, trio, lz4.block, lzo, psutil, json, argparse, "
+                        "sqlite3, random, subprocess, dataclasses"],
+                       cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       timeout=60, check=False)
+        subprocess.run(["sh", "-c", "cat /dev/null; dd if=/dev/null of=/dev/null 2>/dev/null; "
+                        "grep -c x /dev/null; iozone -v"], timeout=60, check=False,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        with open(Path(__file__).with_name("apps.py"), "rb") as f:
+            f.read()
+
+
+def human(n: float) -> str:
+    """1073741824 -> '1G', 402653184 -> '384M', 403058688 -> '384.4M'."""
+    for unit, size in (("G", 1 << 30), ("M", MiB), ("K", 1024)):
+        if n >= size:
+            return f"{round(n / size, 1):g}{unit}"
+    return str(int(n))
+
+
+# -- the daemon in the budget -----------------------------------------------------------
+
+class BudgetMount(Mount):
+    """A FUSE daemon (zcachefs or ramfs) started inside a budget; tests/mounting.py's
+    Mount does the unmounting (fusermount3 -u, abort + -uz when stuck, reap)."""
+
+    def __init__(self, cmd: list[str], mountpoint: Path, log: Path,
+                 budget: cgroup.Budget | cgroup.NoBudget, timeout: float) -> None:
+        super().__init__(Path("/"), mountpoint, log=log)
+        self.cmd = cmd
+        self.budget = budget
+        self.timeout = timeout
+
+    def start(self) -> BudgetMount:
+        with open(self.log, "ab") as logf:
+            self.proc = subprocess.Popen(self.budget.wrap(self.cmd), stdin=subprocess.DEVNULL,
+                                         stdout=logf, stderr=logf, start_new_session=True)
+        wait_until(lambda: is_fuse_mounted(self.mountpoint)
+                   or self.proc is None or self.proc.poll() is not None, timeout=self.timeout)
+        if not is_fuse_mounted(self.mountpoint):
+            self.stop()
+            raise RuntimeError(f"{self.cmd[1]} did not mount:\n{self.read_log()[-2000:]}")
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None and \
+            is_fuse_mounted(self.mountpoint)
+
+    def cpu_seconds(self, path: str = "stat") -> float:
+        """utime + stime of the daemon, all its threads (of its main thread alone with
+        path="task/PID/stat": the trio thread that answers every FUSE request)."""
+        try:
+            text = Path(f"/proc/{self.pid}/{path.replace('PID', str(self.pid))}").read_text()
+        except OSError:
+            return float("nan")
+        fields = text.rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def status(self) -> dict[str, int]:
+        out = {}
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+                key, _, value = line.partition(":")
+                if key in ("VmRSS", "VmHWM"):
+                    out[key] = int(value.split()[0]) * 1024
+        return out
+
+
+def stats_kind(name: str) -> str:
+    """'counter' or 'gauge', from zcachefs's own table of counters."""
+    from zcachefs import stats
+
+    return stats.COUNTERS.get(name, ("gauge", ""))[0]
+
+
+def read_stats(mnt: Path) -> dict[str, float]:
+    """The mount's stats.json, read by a child process (a stuck daemon cannot hang us:
+    the child is killed after the timeout)."""
+    try:
+        out = subprocess.run(["cat", str(mnt / ".zcachefs" / "stats.json")], check=True,
+                             capture_output=True, timeout=15).stdout
+        return json.loads(out)
+    except (subprocess.SubprocessError, ValueError, OSError):
+        return {}
