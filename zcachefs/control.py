@@ -117,7 +117,7 @@ KNOBS: tuple[Knob, ...] = (
     Knob("compressor", "codec for newly stored pages: " + ", ".join(codecs.BY_NAME),
          lambda c: c.cache.codec.name, lambda c, t: codecs.get(t).name,
          lambda c, name: c.cache.set_compressor(name)),
-    Knob("threshold", "largest compressed page the pool keeps, in bytes",
+    Knob("threshold", "pages compressing to more bytes are stored raw (free room only)",
          lambda c: c.cache.pool.threshold, _threshold,
          lambda c, n: setattr(c.cache.pool, "threshold", n)),
     Knob("accept_threshold_percent", "after the pool fills, accept again below this % "

@@ -195,7 +195,8 @@ OPTIONS: tuple[OptionSpec, ...] = (
     OptionSpec("compressor", parse_compressor, "lz4",
                "codec for the pool: lz4, lzo (LZO1X-1) or none"),
     OptionSpec("threshold", parse_size, None,
-               "largest compressed page the pool keeps (bytes; default half a page)"),
+               "a page that compresses to more bytes is stored as it is (raw), in free room "
+               "only (bytes; default half a page)"),
     OptionSpec("accept_threshold_percent", parse_percent, 90,
                "once the pool is full, accept pages again only below this % of memlimit"),
     OptionSpec("direct_io", parse_bool, False,
@@ -237,7 +238,7 @@ class MountOptions:
     cache_size: int = 8 << 20
     page_size: int = 16384
     compressor: str = "lz4"
-    threshold: int = 2048
+    threshold: int = 8192
     accept_threshold_percent: int = 90
     direct_io: bool = False
     pressure: bool = True

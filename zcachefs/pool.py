@@ -534,28 +534,6 @@ class CompressedPool:
             return None
         return self._load(fid, index, entry)
 
-    def load_run(self, fid: int, first: int, count: int) -> list[bytes]:
-        """Pages first, first+1, ... up to count, stopping at the first one missing
-        (counted as a failed get) or short (the end of the file). One index lookup for
-        the whole run: the per-request cost of a 128 KiB read."""
-        pages = self.files.get(fid)
-        if pages is None:
-            self.c.failed_gets += 1
-            return []
-        out: list[bytes] = []
-        ps = self.page_size
-        for index in range(first, first + count):
-            entry = pages.get(index)
-            page = None if entry is None else self._load(fid, index, entry)
-            if page is None:
-                if entry is None:
-                    self.c.failed_gets += 1
-                break
-            out.append(page)
-            if len(page) < ps:
-                break
-        return out
-
     def _load(self, fid: int, index: int, entry: _Entry) -> bytes | None:
         page = self._decode(entry)
         if page is None:  # reclaimed by the kernel, or damaged: never served
