@@ -217,9 +217,17 @@ def open_handle(mount_fd: int, handle: bytes, flags: int) -> int:
     return int(fd)
 
 
-# O_DIRECT is honoured on the FUSE side (direct_io, no kernel page cache) and stripped
-# on the backing side, where it would demand aligned buffers Python cannot give.
-_STRIP_OPEN = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_DIRECT
+# Flags of the caller's open(2) that must not reach the daemon's reopen of the inode:
+# - O_DIRECT is honoured on the FUSE side (direct_io, no kernel page cache) and
+#   stripped on the backing side, where it would demand aligned buffers Python cannot
+#   give.
+# - O_NOFOLLOW (SQLite opens every database with it) concerns the caller's last path
+#   component, which the kernel has already resolved to this inode; our reopen goes
+#   through the /proc/self/fd magic link, which O_NOFOLLOW refuses with ELOOP.
+# - O_CREAT/O_EXCL/O_NOCTTY: the kernel handled them (the inode exists, no tty here).
+# O_DIRECTORY, O_PATH and O_TMPFILE never get here: the kernel answers them itself
+# (ENOTDIR; no FUSE request; EOPNOTSUPP, since pyfuse3 has no tmpfile handler).
+_STRIP_OPEN = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_DIRECT | os.O_NOFOLLOW
 # Window in which identical atime/mtime values are taken for UTIME_NOW: pyfuse3 turns
 # FATTR_*_NOW into explicit times, but "now" needs only write permission while
 # explicit times need ownership, so the two must be told apart.
