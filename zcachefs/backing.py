@@ -418,8 +418,12 @@ class Backing:
             raise
 
     def opendir(self, ref: Ref) -> int:
+        """Open a directory for listing. Through the /proc magic link, not as "."
+        relative to it: looking up "." needs search permission, while open(2) of a
+        directory needs only read permission (a 0600 or 0477 directory can be listed
+        by its owner, as on ext4)."""
         with self.fd(ref) as pfd:
-            return os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=pfd)
+            return os.open(proc_path(pfd), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
     @staticmethod
     def list_dir(fd: int) -> tuple[list[bytes], int]:
