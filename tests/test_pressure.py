@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from mounting import Mount, is_fuse_mounted, wait_until
+from mounting import Mount, is_fuse_mounted, require_fuse, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 USEMEM = REPO / "scripts" / "usemem"
@@ -205,6 +205,7 @@ class CgroupMount(Mount):
         self.cgroup = cgroup
 
     def start(self) -> CgroupMount:
+        require_fuse()
         args = [*self.cgroup.launcher(), sys.executable, "-m", "zcachefs", "-f",
                 *self.extra_args]
         if self.options:
