@@ -105,14 +105,23 @@ def run(source: str, mountpoint: str, opts: MountOptions, foreground: bool,
              opts.page_size, opts.compressor, opts.threads, nofile)
     os.chdir("/")
 
-    def ready() -> None:
+    def ready() -> bool:
         """Called once the signal watcher runs: only then may the parent exit 0 and
-        systemd hear READY=1 (both let a SIGTERM come at once)."""
+        systemd hear READY=1 (both let a SIGTERM come at once). False: the forking
+        parent is gone (killed while it waited, e.g. by Ctrl-C), so nobody asked for
+        this mount any more; it is unmounted cleanly."""
         if report_fd is not None:
-            os.write(report_fd, b"OK")
-            os.close(report_fd)
+            try:
+                os.write(report_fd, b"OK")
+            except BrokenPipeError:
+                log.warning("the starting process is gone before the mount was ready: "
+                            "unmounting %s", mountpoint)
+                return False
+            finally:
+                os.close(report_fd)
             _detach_stdio()
         notify.notify("READY=1")
+        return True
 
     try:
         trio.run(_serve, ops, early, ready)
@@ -125,10 +134,12 @@ def run(source: str, mountpoint: str, opts: MountOptions, foreground: bool,
     return 0
 
 
-async def _serve(ops: Operations, early: EarlySignals, ready: Callable[[], None]) -> None:
+async def _serve(ops: Operations, early: EarlySignals, ready: Callable[[], bool]) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(_watch_signals, early)
-        ready()
+        if not ready():
+            nursery.cancel_scope.cancel()
+            return
         nursery.start_soon(ops.run_background)
         nursery.start_soon(_trim_heap_periodically, ops)
         if ops.opts.pressure:

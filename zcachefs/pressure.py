@@ -421,11 +421,18 @@ class PressureWatcher:
             if exc.errno != errno.EAGAIN:
                 raise
 
+    def _thread_run(self, kick: Callable[[], None]) -> None:
+        try:
+            self._thread_main(kick)
+        except Exception:  # the trio task still samples every interval
+            log.exception("pressure watcher thread failed; pressure is now seen only "
+                          "every pressure_interval")
+
     def start_thread(self, kick: Callable[[], None]) -> threading.Thread:
         """Start the watcher thread; `kick` is called (on that thread) after first aid."""
         self._stop.clear()
         self._stop_fd = os.eventfd(0, os.EFD_CLOEXEC)
-        thread = threading.Thread(target=self._thread_main, args=(kick,),
+        thread = threading.Thread(target=self._thread_run, args=(kick,),
                                   name="zcachefs-pressure", daemon=True)
         thread.start()
         return thread
