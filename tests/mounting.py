@@ -1,6 +1,7 @@
 """Start and stop real zcachefs mounts for tests; never leave one behind.
 
-A `Mount` runs the daemon in the foreground in a subprocess (stderr to a log file),
+Without fuse3 or /dev/fuse, `Mount.start` skips the test with the reason. A `Mount` runs
+the daemon in the foreground in a subprocess (stderr to a log file),
 waits for the mount to appear in /proc/self/mountinfo (never stat()ing the mountpoint,
 which hangs on a stuck daemon), and on teardown unmounts with `fusermount3 -u`, then
 aborts the connection through fusectl and `fusermount3 -uz` if the daemon is stuck,
@@ -12,13 +13,34 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
+
 FUSECTL = Path("/sys/fs/fuse/connections")
+
+
+def fuse_missing() -> str | None:
+    """Why real mounts cannot be made here (None: they can)."""
+    if shutil.which("fusermount3") is None:
+        return "fuse3 (fusermount3) is not installed"
+    if not os.path.exists("/dev/fuse"):
+        return "/dev/fuse does not exist (no fuse module, or a container without it)"
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        return "no permission to open /dev/fuse"
+    return None
+
+
+def require_fuse() -> None:
+    """Skip the calling test, with the reason, when real mounts cannot be made."""
+    reason = fuse_missing()
+    if reason is not None:
+        pytest.skip(reason)
 
 
 def mount_entry(mountpoint: str | os.PathLike[str]) -> tuple[str, str] | None:
@@ -83,6 +105,7 @@ class Mount:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Mount:
+        require_fuse()
         args = [sys.executable, "-m", "zcachefs", "-f", *self.extra_args]
         if self.options:
             args += ["-o", self.options]

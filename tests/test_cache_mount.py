@@ -12,6 +12,9 @@ from pathlib import Path
 import pytest
 from mounting import Mount, control_stats, settle
 
+needs_root = pytest.mark.skipif(os.geteuid() != 0,
+                                reason="needs root (/proc/sys/vm/drop_caches)")
+
 PAGE = 4096
 
 
@@ -279,6 +282,7 @@ def test_per_file_policy_bypasses_both_tiers(dmount: Mount) -> None:
     assert exc.value.errno == 22  # EINVAL
 
 
+@needs_root
 def test_file_states_do_not_outlive_forgotten_inodes(mount_factory: object) -> None:
     """A walk over many files must not leave a cache state per file in the daemon."""
     m = mount_factory(options="page_size=4K,direct_io,memlimit=1M,cache_size=64K,pressure=off")  # type: ignore[operator]

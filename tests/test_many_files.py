@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 from mounting import Mount, wait_until
 
+needs_root = pytest.mark.skipif(os.geteuid() != 0,
+                                reason="needs root (/proc/sys/vm/drop_caches)")
+
 N_FILES = 100_000
 
 
@@ -22,6 +25,7 @@ def drop_kernel_caches() -> None:
         f.write("2\n")
 
 
+@needs_root
 @pytest.mark.slow
 def test_walk_and_read_100k_files(tmp_path: Path) -> None:
     src, mnt = tmp_path / "src", tmp_path / "mnt"

@@ -140,3 +140,127 @@ def test_without_allow_other_other_users_are_refused(world_tmp: Path) -> None:
         res = subprocess.run(["setpriv", f"--reuid={UID}", f"--regid={GID}", "--clear-groups",
                               "cat", str(mnt / "f")], capture_output=True, text=True)
     assert res.returncode != 0 and "Permission denied" in res.stderr
+
+
+# -- issue 12: setuid/setgid bits after a non-owner's change; unsearchable directories --
+
+NOBODY = 65534  # uid and gid of the issue's reproduction (nobody / nogroup)
+# Not 0o2767 (setgid without group execute): ext4 clears that bit for a writer outside
+# the group, the kernel's FUSE code does not ask the daemon to (it only kills setgid
+# with group execute), and pyfuse3's write() does not say who writes. README, "Known
+# differences".
+PRIV_MODES = (0o4777, 0o2777, 0o6777, 0o4755, 0o777)
+# Directories the caller may read but not search, and whose (owner, group) make the
+# owner, group or other bits the ones that apply.
+NOSEARCH_DIRS = {"owner-0600": (0o600, NOBODY, 0), "group-0060": (0o060, 0, NOBODY),
+                 "other-0006": (0o006, 0, 0), "owner-0477": (0o477, NOBODY, 0),
+                 "group-0747": (0o747, 0, NOBODY), "other-0774": (0o774, 0, 0)}
+
+PRIV_PROBE = r'''
+import errno, json, os, sys
+root, modes, dirs = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+obs = []
+def do(label, fn):
+    try:
+        v = fn()
+    except OSError as e:
+        v = "errno:" + errno.errorcode[e.errno]
+    obs.append([label, v])
+p = lambda *a: os.path.join(root, *a)
+mode = lambda path: oct(os.stat(path).st_mode)
+def append(path):
+    with open(path, "ab") as f:
+        f.write(b"y")
+        f.flush()
+        seen = oct(os.fstat(f.fileno()).st_mode)  # the writer's descriptor
+    return [seen, mode(path), os.stat(path).st_size]
+def ftrunc(path):
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.ftruncate(fd, 3)
+        return [oct(os.fstat(fd).st_mode), mode(path)]
+    finally:
+        os.close(fd)
+for m in modes:
+    do(f"append-{m}", lambda: append(p(f"w{m}")))
+    do(f"truncate-{m}", lambda: os.truncate(p(f"t{m}"), 2) or mode(p(f"t{m}")))
+    do(f"ftruncate-{m}", lambda: ftrunc(p(f"f{m}")))
+    do(f"chmod-not-owner-{m}", lambda: os.chmod(p(f"c{m}"), 0o777) or mode(p(f"c{m}")))
+    do(f"chown-own-{m}", lambda: os.chown(p(f"o{m}"), -1, 65534) or mode(p(f"o{m}")))
+    do(f"chown-own-denied-{m}", lambda: os.chown(p(f"d{m}"), -1, 0))
+    do(f"after-denied-chown-{m}", lambda: mode(p(f"d{m}")))
+for name in dirs:
+    def listing(path):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            return sorted(os.listdir(fd))
+        finally:
+            os.close(fd)
+    do(f"open-dir-{name}", lambda: listing(p(name)))
+    do(f"open-dir-directory-flag-{name}",
+       lambda: os.close(os.open(p(name), os.O_RDONLY | os.O_DIRECTORY)))
+    do(f"stat-inside-{name}", lambda: os.stat(p(name, "inner")).st_size)
+json.dump(obs, sys.stdout)
+'''
+
+
+def populate_privileged(root: Path) -> None:
+    os.chmod(root, 0o755)
+    for m in PRIV_MODES:
+        for prefix, owner in (("w", 0), ("t", 0), ("f", 0), ("c", 0), ("o", NOBODY),
+                              ("d", NOBODY), ("r", 0)):
+            path = root / f"{prefix}{m}"
+            path.write_bytes(b"content")
+            os.chown(path, owner, NOBODY if owner else 0)
+            os.chmod(path, m)
+    for name, (mode, uid, gid) in NOSEARCH_DIRS.items():
+        d = root / name
+        d.mkdir()
+        (d / "inner").write_bytes(b"12345")
+        os.chown(d, uid, gid)
+        os.chmod(d, mode)
+
+
+def probe_privileged(root: Path) -> list[list[object]]:
+    out = subprocess.run(
+        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+         sys.executable, "-c", PRIV_PROBE, str(root), json.dumps(list(PRIV_MODES)),
+         json.dumps(list(NOSEARCH_DIRS))],
+        capture_output=True, text=True, timeout=60, check=True, cwd="/")
+    obs: list[list[object]] = json.loads(out.stdout)
+    # Root writes too: CAP_FSETID keeps the bits, on ext4 and through the mount.
+    for m in PRIV_MODES:
+        with open(root / f"r{m}", "ab") as f:
+            f.write(b"root")
+        obs.append([f"root-append-{m}", oct(os.stat(root / f"r{m}").st_mode)])
+    return obs
+
+
+def test_setuid_bits_and_unsearchable_directories_as_on_ext4(world_tmp: Path) -> None:
+    """A non-owner's write, truncate or ftruncate of a setuid/setgid file succeeds and
+    clears the bits (the kernel asks the daemon to, with a chmod in the writer's name);
+    a chown by the owner clears them, a refused chown leaves them; a non-owner's own
+    chmod is refused. A directory the caller may read but not search opens."""
+    plain, src, mnt = world_tmp / "plain", world_tmp / "src", world_tmp / "mnt"
+    for d in (plain, src, mnt):
+        d.mkdir()
+    os.chmod(mnt, 0o755)
+    populate_privileged(plain)
+    populate_privileged(src)
+    with Mount(src, mnt, "allow_other", log=world_tmp / "daemon.log") as m:
+        expected = probe_privileged(plain)
+        got = probe_privileged(mnt)
+        log = m.read_log()
+    diffs = [(e, g) for e, g in zip(expected, got, strict=True) if e != g]
+    assert not diffs, "\n".join(f"plain {e}\nmount {g}" for e, g in diffs) + log[-2000:]
+    seen = dict((k, v) for k, v in got)
+    # Not vacuous: the bits really go, the refusals are real, the directories open.
+    assert seen["append-2559"] == ["0o100777", "0o100777", 8]  # 0o4777
+    assert seen["truncate-3583"] == "0o100777"  # 0o6777
+    assert seen["chmod-not-owner-2559"] == "errno:EPERM"
+    assert seen["chown-own-denied-3583"] == "errno:EPERM"
+    assert seen["after-denied-chown-3583"] == "0o106777"
+    assert seen["root-append-2559"] == "0o104777"
+    for name in NOSEARCH_DIRS:
+        assert seen[f"open-dir-{name}"] == ["inner"], name
+        assert seen[f"stat-inside-{name}"] == "errno:EACCES", name

@@ -107,3 +107,100 @@ def test_pressure_makes_the_pool_volatile_and_relief_takes_it_back() -> None:
     for _ in range(20):
         w.react(Sample(headroom=1 << 40, psi_some_avg10=0.0))
     assert cache.pool.pressure_cap is None and not cache.pool.arena.volatile
+
+
+# -- the watcher thread's first aid (issue 12, part 5) -----------------------------------
+
+
+def test_first_aid_makes_the_pool_volatile_without_the_event_loop() -> None:
+    """From another OS thread, with no trio loop at all: every slab becomes lazy-free
+    and checks its checksums, so a page the kernel discards is a miss, never zeros;
+    the arena's own `volatile` (which marks new writes) stays for the trio side."""
+    import mmap
+    import threading
+
+    cache = filled_cache()
+    pool = cache.pool
+    keys = list(pool.lru)[:200]
+    before = {key: pool.load(*key) for key in keys}
+    for key, page in before.items():  # loads are exclusive: store them back
+        assert page is not None
+        pool.store(*key, page, cache.codec)
+    w = watcher(cache)
+    marked: list[int] = []
+    t = threading.Thread(target=lambda: marked.append(w.first_aid()))
+    t.start()
+    t.join()
+    slabs = [s for s in pool.arena.all if s.used]
+    assert marked == [len(slabs)] and w.first_aids == 1
+    assert all(s.lazy for s in pool.arena.all) and pool.arena.lazy
+    assert not pool.arena.volatile
+    assert w.first_aid() == 0  # once per episode
+    # What reclaim does to a lazy-free page, done to one slab: its entries miss.
+    victim = pool.lru[keys[0]].slab  # type: ignore[attr-defined]
+    victim.buf.madvise(mmap.MADV_DONTNEED)
+    lost = {k for k, e in pool.lru.items() if e.slab is victim}  # type: ignore[attr-defined]
+    for key in keys:
+        got = pool.load(*key)
+        assert got is None if key in lost else got == before[key]
+    # The trio side takes over: the arena agrees, then relief makes it ordinary again.
+    w.volatile(True)
+    assert pool.arena.volatile
+    w.volatile(False)
+    assert not pool.arena.volatile and not pool.arena.lazy
+    assert w.first_aid() > 0  # a new episode may mark again
+
+
+def test_first_aid_survives_slabs_unmapped_meanwhile() -> None:
+    cache = filled_cache()
+    pool = cache.pool
+    w = watcher(cache)
+    slab = next(iter(pool.arena.all))
+    slab.buf.close()  # as if the trio thread unmapped it between snapshot and madvise
+    try:
+        assert w.first_aid() == len([s for s in pool.arena.all if s.used]) - 1
+    finally:
+        pool.arena.all.pop(slab)
+
+
+def test_watcher_thread_acts_on_a_notification_while_the_loop_is_blocked() -> None:
+    """The thread wakes on an event source (here an eventfd standing in for the cgroup
+    threshold) and checks the headroom, with no event loop running: calm, nothing;
+    under 2 x min_free, first aid (the slabs become volatile); under min_free, it also
+    kicks the trio side."""
+    import os
+    import threading
+
+    from mounting import wait_until
+
+    cache = filled_cache()
+    w = watcher(cache)  # min_free 100 MiB
+    efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+    w._event_sources = lambda: [(efd, 1, "cgroup threshold")]  # type: ignore[method-assign]
+    w._open_quick = lambda: None  # type: ignore[method-assign]
+    w.interval = 60.0  # only the notification can wake it
+    now = [1 << 40]
+    checks: list[int] = []
+
+    def quick() -> tuple[int, int]:
+        checks.append(now[0])
+        return now[0], 1 << 40  # far from the limit: no fast checks
+
+    w._quick_headroom = quick  # type: ignore[method-assign]
+    kicks = threading.Event()
+    thread = w.start_thread(kicks.set)
+    try:
+        os.eventfd_write(efd, 1)  # a threshold event, but the headroom is fine
+        assert wait_until(lambda: len(checks) == 1)
+        assert w.first_aids == 0 and not kicks.is_set()
+        now[0] = 150 * MB  # under 2 x min_free: first aid only
+        os.eventfd_write(efd, 1)
+        assert wait_until(lambda: w.first_aids == 1)
+        assert all(s.lazy for s in cache.pool.arena.all) and not kicks.is_set()
+        now[0] = 10 * MB  # under min_free: the trio side is woken
+        os.eventfd_write(efd, 1)
+        assert kicks.wait(60)
+        assert w.first_aids == 1  # once per episode
+    finally:
+        w.stop_thread(thread)
+    assert not thread.is_alive()

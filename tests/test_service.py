@@ -8,6 +8,7 @@ a private mount namespace (`MountNamespace`), so none can leak onto the host.
 from __future__ import annotations
 
 import configparser
+import json
 import os
 import re
 import select
@@ -266,6 +267,12 @@ class NotifyListener:
         raise AssertionError(f"no {want} from the daemon (received {self.received}, "
                              f"exit status {proc.poll()})")
 
+    def drain(self) -> list[str]:
+        """Every message that has arrived (without waiting), lines split."""
+        while select.select([self.sock], [], [], 0)[0]:
+            self.received.append(self.sock.recv(4096).decode(errors="replace"))
+        return [line for m in self.received for line in m.split("\n")]
+
     @staticmethod
     def _sender(ancdata: list[tuple[int, int, bytes]]) -> int:
         for level, kind, data in ancdata:
@@ -314,6 +321,85 @@ def test_notify_ready_then_stopping(tmp_path: Path, how: str) -> None:
     finally:
         mount.stop()
         listener.close()
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0] == "Z"
+    except OSError:
+        return True
+
+
+# Runs `zcachefs SOURCE MNT` (forking) as a child subreaper, so the daemon the parent
+# leaves behind becomes its child: SIGTERM goes to it the moment the parent exits 0,
+# and its exit status can be read. Prints JSON [parent status, daemon pid, status].
+SUBREAPER = r"""
+import ctypes, json, os, signal, subprocess, sys
+ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+parent = subprocess.Popen(sys.argv[1:], stdin=subprocess.DEVNULL)
+status = parent.wait()
+with open(f"/proc/self/task/{os.getpid()}/children") as f:
+    orphans = [int(p) for p in f.read().split()]
+for pid in orphans:
+    os.kill(pid, signal.SIGTERM)
+results = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in orphans]
+json.dump([status, orphans, results], sys.stdout)
+"""
+
+
+@needs_fuse
+@pytest.mark.parametrize("mode", ["foreground-ready", "daemon-ready", "daemon-parent-exit"])
+def test_sigterm_the_instant_the_daemon_is_ready(tmp_path: Path, mode: str) -> None:
+    """systemctl stop (or restart) right after a start: SIGTERM sent the moment READY=1
+    arrives, or the moment the forking parent exits 0, still ends in STOPPING=1, a
+    clean unmount and exit status 0, three times out of three."""
+    src, mnt = tmp_path / "src", tmp_path / "mnt"
+    src.mkdir()
+    mnt.mkdir()
+    (src / "hello.txt").write_text(HELLO)
+    foreground = mode == "foreground-ready"
+    for attempt in range(3):
+        listener = NotifyListener(abstract=False)
+        mount = Mount(src, mnt, log=tmp_path / f"daemon{attempt}.log")
+        env = {**os.environ, "NOTIFY_SOCKET": listener.address}
+        zcachefs = [sys.executable, "-m", "zcachefs", *(["-f"] if foreground else []),
+                    str(src), str(mnt)]
+        try:
+            if mode == "daemon-parent-exit":
+                res = subprocess.run([sys.executable, "-c", SUBREAPER, *zcachefs], env=env,
+                                     capture_output=True, text=True, timeout=120)
+                status, pids, results = json.loads(res.stdout)
+                assert status == 0 and len(pids) == 1, res
+                assert results == [0], res
+                assert "STOPPING=1" in listener.drain(), (listener.received, res)
+            else:
+                with open(mount.log, "ab") as log:
+                    mount.proc = subprocess.Popen(zcachefs, stdin=subprocess.DEVNULL,
+                                                  stdout=log, stderr=log, env=env)
+                daemon_pid = listener.receive(mount.proc, "READY=1")
+                os.kill(daemon_pid, signal.SIGTERM)
+                if foreground:
+                    assert listener.receive(mount.proc, "STOPPING=1") == daemon_pid
+                    assert mount.proc.wait(timeout=60) == 0, mount.read_log()
+                    assert "received SIGTERM, unmounting" in mount.read_log()
+                else:
+                    assert mount.proc.wait(timeout=60) == 0, mount.read_log()
+                    assert listener.receive(_Running(daemon_pid), "STOPPING=1") == daemon_pid
+                    assert wait_until(lambda: _gone(daemon_pid), 60)  # noqa: B023
+            assert wait_until(lambda: not is_fuse_mounted(mnt), 10), mount.read_log()
+        finally:
+            mount.stop()
+            listener.close()
+
+
+class _Running:
+    """A stand-in for Popen.poll() for a process that is not our child."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def poll(self) -> int | None:
+        return 0 if _gone(self.pid) else None
 
 
 def top_fstype(path: Path) -> str | None:

@@ -132,6 +132,35 @@ def as_caller(caller: Caller) -> Iterator[None]:
         _libc.syscall(_SYS_SETGROUPS, 0, None)
 
 
+@contextmanager
+def as_daemon() -> Iterator[None]:
+    """Run the body with the daemon's own (root) filesystem ids, inside `as_caller`."""
+    uid = _libc.setfsuid(0)
+    gid = _libc.setfsgid(0)
+    try:
+        yield
+    finally:
+        _libc.setfsgid(gid)
+        _libc.setfsuid(uid)
+
+
+_SUID_SGID = stat_mod.S_ISUID | stat_mod.S_ISGID
+
+
+def drops_privileges_only(current: int, new: int) -> bool:
+    """True when chmod(current -> new) clears setuid and/or setgid and changes nothing
+    else (or nothing at all).
+
+    This is what the kernel asks of a FUSE filesystem before a write, truncate or
+    chown by a process without CAP_FSETID (fuse_setattr turns ATTR_KILL_SUID/SGID into
+    a mode change, sent with the writer's ids, and libfuse does not enable
+    FUSE_HANDLE_KILLPRIV for pyfuse3): ext4 clears the bits for a non-owner writer, so
+    we must too, and the caller's own chmod would fail with EPERM. Under
+    default_permissions a non-owner's chmod(2) never reaches the daemon (the kernel
+    refuses it), so such a request can only be the kernel's."""
+    return new & ~_SUID_SGID == current & ~_SUID_SGID and new & _SUID_SGID & ~current == 0
+
+
 def call_as(caller: Caller | None, fn: Callable[..., T], *args: object) -> T:
     """Call fn(*args) with the caller's credentials (None: the daemon's own)."""
     if caller is None or caller.uid == 0:
@@ -291,9 +320,17 @@ def open_handle(mount_fd: int, handle: bytes, flags: int) -> int:
     return int(fd)
 
 
-# O_DIRECT is honoured on the FUSE side (direct_io, no kernel page cache) and stripped
-# on the backing side, where it would demand aligned buffers Python cannot give.
-_STRIP_OPEN = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_DIRECT
+# Flags of the caller's open(2) that must not reach the daemon's reopen of the inode:
+# - O_DIRECT is honoured on the FUSE side (direct_io, no kernel page cache) and
+#   stripped on the backing side, where it would demand aligned buffers Python cannot
+#   give.
+# - O_NOFOLLOW (SQLite opens every database with it) concerns the caller's last path
+#   component, which the kernel has already resolved to this inode; our reopen goes
+#   through the /proc/self/fd magic link, which O_NOFOLLOW refuses with ELOOP.
+# - O_CREAT/O_EXCL/O_NOCTTY: the kernel handled them (the inode exists, no tty here).
+# O_DIRECTORY, O_PATH and O_TMPFILE never get here: the kernel answers them itself
+# (ENOTDIR; no FUSE request; EOPNOTSUPP, since pyfuse3 has no tmpfile handler).
+_STRIP_OPEN = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_DIRECT | os.O_NOFOLLOW
 # Window in which identical atime/mtime values are taken for UTIME_NOW: pyfuse3 turns
 # FATTR_*_NOW into explicit times, but "now" needs only write permission while
 # explicit times need ownership, so the two must be told apart.
@@ -342,6 +379,9 @@ class Backing:
         except OSError:
             pass
         self.root_ref = Ref(root_fd, b"", -1)
+        # The kernel checks permissions itself (default_permissions, implied by
+        # allow_other): a request that reaches us was allowed by it.
+        self.kernel_checks = False
 
     def close(self) -> None:
         os.close(self.mount_fd)
@@ -484,8 +524,12 @@ class Backing:
             raise
 
     def opendir(self, ref: Ref) -> int:
+        """Open a directory for listing. Through the /proc magic link, not as "."
+        relative to it: looking up "." needs search permission, while open(2) of a
+        directory needs only read permission (a 0600 or 0477 directory can be listed
+        by its owner, as on ext4)."""
         with self.fd(ref) as pfd:
-            return os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=pfd)
+            return os.open(proc_path(pfd), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
 
     @staticmethod
     def list_dir(fd: int) -> tuple[list[bytes], int]:
@@ -506,16 +550,14 @@ class Backing:
 
     def setattr(self, ref: Ref, real_fd: int | None, mode: int | None, uid: int, gid: int,
                 size: int | None, times: tuple[int, int] | None) -> os.stat_result:
-        """chmod, chown, truncate and utimens, in that order; returns the new stat."""
+        """chown, truncate, chmod and utimens, in that order; returns the new stat.
+
+        The order matters for the one request that combines them: the kernel's "kill
+        the setuid/setgid bits" (a chmod it adds to a chown, a truncate or before a
+        write by someone without CAP_FSETID). A chown or truncate that fails must leave
+        the bits alone, as on ext4, so the mode is changed last."""
         with self.fd(ref) as pfd:
             is_link = stat_mod.S_ISLNK(os.fstat(pfd).st_mode)
-            if mode is not None:
-                if is_link:
-                    raise OSError(errno.EOPNOTSUPP, "chmod of a symlink")
-                if real_fd is not None:
-                    os.fchmod(real_fd, stat_mod.S_IMODE(mode))
-                else:
-                    os.chmod(proc_path(pfd), stat_mod.S_IMODE(mode))
             if uid != -1 or gid != -1:
                 fchown_path(pfd, uid, gid)
             if size is not None:
@@ -527,12 +569,37 @@ class Backing:
                         os.ftruncate(fd, size)
                     finally:
                         os.close(fd)
+            if mode is not None:
+                if is_link:
+                    raise OSError(errno.EOPNOTSUPP, "chmod of a symlink")
+                self._chmod(pfd, real_fd, stat_mod.S_IMODE(mode))
             if times is not None:
                 if is_link:
                     _set_link_times(pfd, times)  # touch -h, cp -a, rsync -a, tar
                 else:
                     _set_times(proc_path(pfd), times)
             return os.fstat(pfd)
+
+    def _chmod(self, pfd: int, real_fd: int | None, mode: int) -> None:
+        """chmod as the caller; a non-owner's request that only clears setuid/setgid is
+        the kernel's kill-privileges request and is done as the daemon (see
+        `drops_privileges_only`)."""
+        def chmod() -> None:
+            if real_fd is not None:
+                os.fchmod(real_fd, mode)
+            else:
+                os.chmod(proc_path(pfd), mode)
+        try:
+            chmod()
+        except PermissionError:
+            current = stat_mod.S_IMODE(os.fstat(pfd).st_mode)
+            if not drops_privileges_only(current, mode) or not can_switch_credentials():
+                raise
+            if not self.kernel_checks and not os.access(proc_path(pfd), os.W_OK,
+                                                        effective_ids=True):
+                raise
+            with as_daemon():
+                chmod()
 
     # -- extended attributes -------------------------------------------------------
 

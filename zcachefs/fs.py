@@ -125,6 +125,7 @@ class Operations(pyfuse3.Operations):
         self._wakeup: trio.Event | None = None
         self.enable_acl = opts.default_permissions
         self.backing = Backing(root_fd)
+        self.backing.kernel_checks = opts.default_permissions
         self.inodes = InodeTable(self.backing.root_ref, st.st_dev, st.st_ino, st.st_mode)
         self.cache.inodes_known = self.inodes.__len__
         self.files: dict[int, FileHandle] = {}

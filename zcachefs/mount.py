@@ -17,6 +17,7 @@ import os
 import signal
 import stat
 import sys
+from collections.abc import Callable
 
 import pyfuse3
 import trio
@@ -81,6 +82,11 @@ def run(source: str, mountpoint: str, opts: MountOptions, foreground: bool,
         raise MountError(f"cannot open source '{source}': {exc.strerror}") from None
 
     report_fd = None if foreground else _daemonize()
+    # Before anything can be mounted or reported ready: a SIGTERM from here on is
+    # recorded and acted on once serving (a clean unmount), never the default action,
+    # which would leave a dead mount behind.
+    early = EarlySignals()
+    early.install()
     logs.setup(opts.debug, daemon=not foreground)
     nofile = backing.raise_nofile_limit()
     backing.tune_malloc()
@@ -98,13 +104,27 @@ def run(source: str, mountpoint: str, opts: MountOptions, foreground: bool,
              "threads=%d nofile=%d)", source, mountpoint, opts.memlimit, opts.cache_size,
              opts.page_size, opts.compressor, opts.threads, nofile)
     os.chdir("/")
-    if report_fd is not None:
-        os.write(report_fd, b"OK")
-        os.close(report_fd)
-        _detach_stdio()
-    notify.notify("READY=1")
+
+    def ready() -> bool:
+        """Called once the signal watcher runs: only then may the parent exit 0 and
+        systemd hear READY=1 (both let a SIGTERM come at once). False: the forking
+        parent is gone (killed while it waited, e.g. by Ctrl-C), so nobody asked for
+        this mount any more; it is unmounted cleanly."""
+        if report_fd is not None:
+            try:
+                os.write(report_fd, b"OK")
+            except BrokenPipeError:
+                log.warning("the starting process is gone before the mount was ready: "
+                            "unmounting %s", mountpoint)
+                return False
+            finally:
+                os.close(report_fd)
+            _detach_stdio()
+        notify.notify("READY=1")
+        return True
+
     try:
-        trio.run(_serve, ops)
+        trio.run(_serve, ops, early, ready)
     finally:
         notify.notify("STOPPING=1")
         pyfuse3.close(unmount=True)
@@ -114,9 +134,12 @@ def run(source: str, mountpoint: str, opts: MountOptions, foreground: bool,
     return 0
 
 
-async def _serve(ops: Operations) -> None:
+async def _serve(ops: Operations, early: EarlySignals, ready: Callable[[], bool]) -> None:
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_watch_signals)
+        await nursery.start(_watch_signals, early)
+        if not ready():
+            nursery.cancel_scope.cancel()
+            return
         nursery.start_soon(ops.run_background)
         nursery.start_soon(_trim_heap_periodically, ops)
         if ops.opts.pressure:
@@ -142,12 +165,39 @@ async def _trim_heap_periodically(ops: Operations) -> None:
             await trio.to_thread.run_sync(backing.malloc_trim)
 
 
-async def _watch_signals() -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
-        async for signum in sigs:
-            log.info("received %s, unmounting", signal.Signals(signum).name)
-            pyfuse3.terminate()
-            return
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+class EarlySignals:
+    """Handlers for the stop signals from before the mount until trio's own take over
+    (and again after them, during the unmount): they only record the signal.
+
+    Without them, a SIGTERM between mounting and trio's signal receiver (systemd's
+    stop right after READY=1, `systemctl restart` just after a start) took the default
+    action: the daemon died and left a dead mount."""
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+
+    def install(self) -> None:
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, self._record)
+
+    def _record(self, signum: int, _frame: object) -> None:
+        self.received.append(signum)
+
+
+async def _watch_signals(early: EarlySignals,
+                         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+                         ) -> None:
+    with trio.open_signal_receiver(*STOP_SIGNALS) as sigs:
+        task_status.started()
+        if early.received:
+            signum = early.received[0]
+        else:
+            signum = await sigs.__anext__()
+        log.info("received %s, unmounting", signal.Signals(signum).name)
+        pyfuse3.terminate()  # before main() runs too: it then returns at once
 
 
 def _daemonize() -> int:
