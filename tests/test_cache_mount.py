@@ -343,3 +343,21 @@ def test_a_cold_read_leaves_the_backing_file_uncached(mount_factory: object,
     assert resident < 0.05
     fallbacks = after["backing_fallbacks"] - before["backing_fallbacks"]
     assert (fallbacks > 0) == fallback
+
+
+@pytest.mark.parametrize("timeout", [0, 30])
+def test_a_failed_lookup_is_cached_for_negative_timeout(mount_factory: object,
+                                                        timeout: int) -> None:
+    """SQLite stats <db>-journal and <db>-wal before every read transaction: the kernel
+    must be able to remember that they do not exist. A name created through the mount
+    is seen at once; one created outside, after negative_timeout (as with entry_timeout
+    for names that exist)."""
+    m = mount_factory(options=f"negative_timeout={timeout}")  # type: ignore[operator]
+    for name in ("inside", "outside"):
+        assert not (m.mountpoint / name).exists()
+    (m.mountpoint / "inside").write_bytes(b"1")  # through the mount: the kernel knows
+    assert (m.mountpoint / "inside").read_bytes() == b"1"
+    (m.source / "outside").write_bytes(b"2")
+    # With a timeout the kernel answers from its negative entry (the daemon is not
+    # asked); without one it asks and finds the new file.
+    assert (m.mountpoint / "outside").exists() == (timeout == 0)

@@ -363,7 +363,17 @@ class Operations(pyfuse3.Operations):
         parent = self._inode(parent_inode)
         if name == b"." or (name == b".." and parent is self.inodes.root):
             name = cast(pyfuse3.FileNameT, b".")
-        found = await self._run(_caller(ctx), self.backing.lookup, parent.ref, name)
+        try:
+            found = await self._run(_caller(ctx), self.backing.lookup, parent.ref, name)
+        except FUSEError as exc:
+            if exc.errno != errno.ENOENT or not self.opts.negative_timeout:
+                raise
+            # A negative entry: the kernel remembers for negative_timeout that the name
+            # does not exist (node id 0 means ENOENT with a timeout).
+            absent = pyfuse3.EntryAttributes()
+            absent.st_ino = cast(pyfuse3.InodeT, 0)
+            absent.entry_timeout = self.opts.negative_timeout
+            return absent
         return self._remember(found, parent)
 
     async def forget(self, inode_list: Sequence[tuple[pyfuse3.InodeT, int]]) -> None:
