@@ -62,9 +62,10 @@ def is_fuse_mounted(mountpoint: str | os.PathLike[str]) -> bool:
 
 
 def ensure_fusectl() -> None:
-    if FUSECTL.is_dir() and not any(FUSECTL.iterdir()):
-        subprocess.run(["mount", "-t", "fusectl", "none", str(FUSECTL)],
-                       stderr=subprocess.DEVNULL, check=False)
+    if fuse_missing() is None and FUSECTL.is_dir() and not any(FUSECTL.iterdir()):
+        with contextlib.suppress(OSError):  # no mount(8): nothing to abort with
+            subprocess.run(["mount", "-t", "fusectl", "none", str(FUSECTL)],
+                           stderr=subprocess.DEVNULL, check=False)
 
 
 def force_unmount(mountpoint: str | os.PathLike[str]) -> None:

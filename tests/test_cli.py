@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from mounting import Mount, force_unmount, is_fuse_mounted, wait_until
+from mounting import Mount, force_unmount, is_fuse_mounted, require_fuse, wait_until
 
 
 def zcachefs(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -67,6 +67,7 @@ def test_generic_fstab_flags_are_ignored(mount_factory: object, tmp_path: Path) 
 
 
 def test_daemon_mode_returns_once_mounted(dirs: tuple[Path, Path]) -> None:
+    require_fuse()
     src, mnt = dirs
     (src / "hello").write_text("world")
     res = zcachefs(str(src), str(mnt))

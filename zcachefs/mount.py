@@ -6,8 +6,10 @@ path below the mountpoint (the daemon chdirs to /).
 
 Without -f the command forks before mounting; the child mounts and reports "mounted"
 or the error through a pipe, so the parent exits only once the mount is live (or with
-the one-line error). SIGTERM, SIGINT and SIGHUP unmount cleanly and exit 0; so does an
-external `fusermount3 -u`.
+the one-line error). SIGTERM, SIGINT and SIGHUP unmount cleanly and exit 0, from the
+moment the mount exists (handlers that record them are installed before it; readiness,
+READY=1 or the parent's exit, is reported only once trio's signal watcher runs); so
+does an external `fusermount3 -u`.
 """
 
 from __future__ import annotations
