@@ -165,9 +165,11 @@ def control_stats(mountpoint: Path, control: str = ".zcachefs") -> dict[str, flo
 
 
 def settle(mountpoint: Path, timeout: float = 20.0, control: str = ".zcachefs",
-           page: int = 4096) -> dict[str, float]:
+           page: int | None = None) -> dict[str, float]:
     """Counters once the background compressor has drained tier 1's overflow and two
     readings in a row agree (nothing is moving any more)."""
+    if page is None:
+        page = int((mountpoint / control / "page_size").read_text())
     deadline = time.monotonic() + timeout
     last = None
     while True:

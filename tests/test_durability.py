@@ -387,9 +387,10 @@ def _apply(outside: Outside, step: tuple[object, ...]) -> None:
 
 
 MODES = {
-    "direct_io": "direct_io,memlimit=64K,cache_size=8K",
-    "kernel_cache_zero_timeouts": "memlimit=64K,cache_size=8K,attr_timeout=0,entry_timeout=0",
-    "kernel_cache": "memlimit=64K,cache_size=8K",
+    "direct_io": "page_size=4K,direct_io,memlimit=64K,cache_size=8K",
+    "kernel_cache_zero_timeouts": "page_size=4K,memlimit=64K,cache_size=8K,attr_timeout=0,"
+                                  "entry_timeout=0,negative_timeout=0",
+    "kernel_cache": "page_size=4K,memlimit=64K,cache_size=8K",
 }
 
 
