@@ -241,7 +241,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Mount, dict
     mnt.mkdir()
     (src / "f").write_bytes(b"".join(b"line %06d of compressible text\n" % i
                                      for i in range(20000)))
-    m = Mount(src, mnt, "direct_io,memlimit=4M,cache_size=64K,pressure=off",
+    m = Mount(src, mnt, "page_size=4K,direct_io,memlimit=4M,cache_size=64K,pressure=off",
               log=base / "daemon.log").start()
     try:
         for _ in range(2):
