@@ -49,11 +49,6 @@ _READDIR_BATCH = 128
 # Pages compressed per worker call by the background compressor: 64 x 4 KiB at ~180k
 # pages/s (lz4) is ~0.4 ms of work, so the thread hop (~50 us) costs little.
 _COMPRESS_BATCH = 64
-# Pending pages that wake the compressor. 1: every page is compressed as soon as a worker
-# is free, so the control surface settles at once (a threshold of 16, with the rest
-# compressed after an idle second, made tests that wait for the counters to settle racy;
-# it was not measured apart from the inline getattr/getxattr change).
-_COMPRESS_WAKE = 1
 # Pool entries evicted per shrink step before yielding to requests.
 _SHRINK_BATCH = 512
 _SWEEP_BATCH = 256  # forgotten file states looked at per background round
@@ -566,7 +561,7 @@ class Operations(pyfuse3.Operations):
         if handle.cached:
             # The hit path: no await, no thread.
             got = self.cache.read(handle.state, off, size)
-            if len(self.cache.pending.items) >= _COMPRESS_WAKE:
+            if self.cache.pending.items:
                 self.wake_background()
             if type(got) is bytes:
                 return got
@@ -595,7 +590,7 @@ class Operations(pyfuse3.Operations):
                                            handle.dontcache)
         handle.dontcache = dontcache
         data = self.cache.fill_plan(handle.state, plan, pages, fallback=not dontcache)
-        if len(self.cache.pending.items) >= _COMPRESS_WAKE:
+        if self.cache.pending.items:
             self.wake_background()
         return data
 
@@ -621,7 +616,7 @@ class Operations(pyfuse3.Operations):
         else:
             cache.end_write(state, token, off, buf[:n] if n < len(buf) else buf, before,
                             sig, cache_it=handle.cached)
-        if len(cache.pending.items) >= _COMPRESS_WAKE:
+        if cache.pending.items:
             self.wake_background()
         return n
 

@@ -488,14 +488,14 @@ class CompressedPool:
                 # then keeps a stable part of it instead of replacing all of it
                 # before it comes round again (plain LRU/CLOCK: no hit at all).
                 ghosts = self.ghosts
-                if ghosts.pop(key, 0) is None:
-                    if not self._has_room(need):
-                        ghosts[key] = None  # still proven when room is made
-                        return False
-                else:
+                if key not in ghosts:
                     self._ghost(key)
                     self.c.reject_cold += 1
                     return False
+                if not self._has_room(need):
+                    ghosts.move_to_end(key)  # still proven once room is made
+                    return False
+                del ghosts[key]
             try:
                 slab, slot = arena.alloc(comp.blob, key)
             except OSError:  # no new mapping (vm.max_map_count, overcommit): not stored
