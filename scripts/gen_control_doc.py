@@ -6,7 +6,7 @@ Usage: scripts/gen_control_doc.py [--check] [FILE]
 The tables sit between `<!-- generated: NAME -->` and `<!-- end generated: NAME -->`
 markers (NAME: knobs, counters, columns); the prose around them is left alone. They
 are built from control.KNOBS, stats.COUNTERS, the Prometheus rendering of a real
-Controls object and statcli.COLUMNS. --check changes nothing and exits 1 if FILE is
+Controls object and client.COLUMNS. --check changes nothing and exits 1 if FILE is
 out of date (tests/test_control_mount.py runs it).
 """
 
@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from zcachefs import control, statcli, stats  # noqa: E402
+from zcachefs import client, control, stats  # noqa: E402
 from zcachefs.control import ACTIONS, KNOBS, Controls  # noqa: E402
 
 DOC = ROOT / "docs" / "control.md"
@@ -62,7 +62,7 @@ def columns() -> str:
     rows = ["| column | shows |", "|---|---|",
             "| MOUNTPOINT | the mount |",
             "| ALGORITHM | the `compressor` knob |"]
-    for c in statcli.COLUMNS:
+    for c in client.COLUMNS:
         rows.append(f"| {c.title} | `{c.counter}` ({_cell(stats.COUNTERS[c.counter][1])}) |")
     return "\n".join(rows) + "\n"
 

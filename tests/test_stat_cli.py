@@ -34,15 +34,15 @@ from test_control_mount import (
     zcachefs,
 )
 
-from zcachefs import control, statcli, stats
+from zcachefs import client, control, stats
 from zcachefs.control import ACTIONS, KNOBS
 
-PKG = Path(statcli.__file__).resolve().parent
+PKG = Path(client.__file__).resolve().parent
 
 
 def rows(out: str) -> list[list[str]]:
     lines = out.splitlines()
-    assert lines[0].split() == ["MOUNTPOINT", "ALGORITHM", *(c.title for c in statcli.COLUMNS)]
+    assert lines[0].split() == ["MOUNTPOINT", "ALGORITHM", *(c.title for c in client.COLUMNS)]
     return [line.split() for line in lines[1:]]
 
 
@@ -55,14 +55,14 @@ def rows(out: str) -> list[list[str]]:
     (int(1.25 * (1 << 40)), "1.2T"), (5000 << 40, "5000T"),
 ])
 def test_human_sizes(n: int, text: str) -> None:
-    assert statcli.human(n) == text
+    assert client.human(n) == text
 
 
 def test_table_aligns_and_formats() -> None:
     full = {"memlimit": 8 << 20, "mem_used_total": 1019904, "stored_pages": 768,
             "orig_data_size": 3 << 20, "compr_data_size": 761106,
             "compression_ratio": 3.0843, "hit_ratio": 0.99609, "cache_pages": 256}
-    out = statcli.table([("/srv/a b", "lz4", full), ("/m", "lzo", {"memlimit": 1024})])
+    out = client.table([("/srv/a b", "lz4", full), ("/m", "lzo", {"memlimit": 1024})])
     lines = out.splitlines()
     assert lines[1].split() == ["/srv/a", "b", "lz4", "8M", "996K", "768", "3M", "743.3K",
                                 "3.08", "99.6%", "256"]
@@ -77,7 +77,7 @@ def test_parse_mountinfo_unescapes_and_takes_the_top_mount() -> None:
         "41 22 0:51 / /stacked rw - fuse.zcachefs /src rw\n"
         "42 41 0:52 / /stacked rw master:3 - tmpfs tmpfs rw\n"
         "43 22 0:53 / /opt/x rw - fuse.other /src rw\n")
-    assert statcli.parse_mountinfo(text) == {
+    assert client.parse_mountinfo(text) == {
         "/": "ext4", "/mnt/with space": "fuse.zcachefs", "/stacked": "tmpfs",
         "/opt/x": "fuse.other"}
 
@@ -85,7 +85,7 @@ def test_parse_mountinfo_unescapes_and_takes_the_top_mount() -> None:
 def test_merge_prometheus_labels_and_groups_families() -> None:
     a = "# HELP m_total doc\n# TYPE m_total counter\nm_total 1\n# HELP g g\n# TYPE g gauge\ng 2\n"
     b = a.replace(" 1\n", " 10\n").replace("g 2", "g 20")
-    merged = statcli.merge_prometheus([("/a", a), ('/b"\\', b)])
+    merged = client.merge_prometheus([("/a", a), ('/b"\\', b)])
     fams = parse_prometheus(merged)
     assert fams["m_total"]["samples"] == [('{mountpoint="/a"}', 1.0),
                                           ('{mountpoint="/b\\"\\\\"}', 10.0)]
@@ -95,7 +95,7 @@ def test_merge_prometheus_labels_and_groups_families() -> None:
 
 
 def test_the_client_imports_no_fuse_trio_psutil() -> None:
-    tree = ast.parse((PKG / "statcli.py").read_text())
+    tree = ast.parse((PKG / "client.py").read_text())
     names: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -104,7 +104,7 @@ def test_the_client_imports_no_fuse_trio_psutil() -> None:
             names.add(("." * node.level) + (node.module or ""))
     assert not names & {"pyfuse3", "trio", "psutil", ".fs", ".mount", ".memory", ".pressure"}
     loaded = subprocess.run(
-        [sys.executable, "-c", "import sys, zcachefs.cli, zcachefs.statcli; "
+        [sys.executable, "-c", "import sys, zcachefs.cli, zcachefs.client; "
          "print(sorted(m for m in ('pyfuse3', 'trio', 'psutil') if m in sys.modules))"],
         capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == "[]"
@@ -129,7 +129,7 @@ def test_stat_help_lists_every_counter_with_its_description() -> None:
     flat = " ".join(r.stdout.split())
     for name, (kind, doc) in stats.COUNTERS.items():
         assert f" {name} {' '.join(doc.split())} [{kind}]" in flat, name
-    for col in statcli.COLUMNS:
+    for col in client.COLUMNS:
         assert f" {col.title} {col.counter}" in flat
 
 
@@ -158,7 +158,7 @@ def test_stat_prints_one_row_per_mount(two: tuple[Mount, Mount]) -> None:
     r = zcachefs("stat", str(a.mountpoint), str(b.mountpoint))
     assert r.returncode == 0 and not r.stderr, r.stderr
     got = rows(r.stdout)
-    h = statcli.human
+    h = client.human
     assert got[0] == [str(a.mountpoint), "lz4", "8M", h(sa["mem_used_total"]),
                       str(int(sa["stored_pages"])), h(sa["orig_data_size"]),
                       h(sa["compr_data_size"]), f"{sa['compression_ratio']:.2f}",
@@ -358,7 +358,7 @@ def test_another_user_can_stat_but_not_set(mount_factory: Callable[..., Mount],
     r = zcachefs("stat", str(m.mountpoint), user=True)
     assert r.returncode == 0, r.stderr
     assert rows(r.stdout)[0][:5] == [str(m.mountpoint), "lz4", "8M",
-                                     statcli.human(s["mem_used_total"]),
+                                     client.human(s["mem_used_total"]),
                                      str(int(s["stored_pages"]))]
     r = zcachefs("stat", "--json", str(m.mountpoint), user=True)
     assert r.returncode == 0 and json.loads(r.stdout) == {"mountpoint": str(m.mountpoint), **s}
@@ -409,44 +409,44 @@ BASE = {"cache_hits": 100, "cache_misses": 50, "hits": 30, "misses": 20,
 
 
 def test_live_fields_are_rates_of_the_interval() -> None:
-    first = statcli.live_fields(BASE, None, 0.0)
+    first = client.live_fields(BASE, None, 0.0)
     assert first["HITS/s"] == first["MISSES/s"] == first["BACKING"] == first["HIT%"] == "-"
     assert first["TOTAL%"] == "50.0" and first["RATIO"] == "2.50" and first["RAW"] == "-"
     assert first["POOL"] == "2M" and first["LIMIT"] == "8M (25%)"
     assert first["PRESSURE"] == "ok"
     cur = {**BASE, "cache_hits": 300, "cache_misses": 150, "hits": 50, "misses": 100,
            "backing_read_bytes": (1 << 20) + 4_000_000, "raw_pages": 7}
-    f = statcli.live_fields(cur, BASE, 2.0)
+    f = client.live_fields(cur, BASE, 2.0)
     # 200 tier-1 hits + 20 pool hits of 300 lookups; 80 misses; 4 MB read, in 2 s
     assert (f["HITS/s"], f["MISSES/s"], f["HIT%"]) == ("110", "40", "73.3")
     assert f["BACKING"] == "2.0MB/s" and f["RAW"] == "7"
-    idle = statcli.live_fields(cur, cur, 2.0)
+    idle = client.live_fields(cur, cur, 2.0)
     assert idle["HIT%"] == "-" and idle["HITS/s"] == "0"
     # reset_stats between two readings: the new values count from zero
     reset = {**BASE, "cache_hits": 10, "hits": 0, "cache_misses": 0, "misses": 4}
-    assert statcli.live_fields(reset, cur, 1.0)["HITS/s"] == "10"
+    assert client.live_fields(reset, cur, 1.0)["HITS/s"] == "10"
     # a daemon without some counters: '-' where they are missing, no crash
-    assert set(statcli.live_fields({"memlimit": 1 << 20}, {}, 1.0).values()) <= {
+    assert set(client.live_fields({"memlimit": 1 << 20}, {}, 1.0).values()) <= {
         "-", "1M", "ok"}
 
 
 def test_pressure_state() -> None:
-    assert statcli.pressure_state(BASE, None) == "ok"
+    assert client.pressure_state(BASE, None) == "ok"
     low = {**BASE, "memlimit_effective": 6 << 20}
-    assert statcli.pressure_state(low, BASE) == "limited:6M"
+    assert client.pressure_state(low, BASE) == "limited:6M"
     shrunk = {**low, "pressure_shrinks": 2, "reclaimed_pages": 5}
-    assert statcli.pressure_state(shrunk, low) == "shrinking:6M+reclaimed:5"
-    assert statcli.pressure_state({**BASE, "pressure_shrinks": 1}, BASE) == "shrinking"
+    assert client.pressure_state(shrunk, low) == "shrinking:6M+reclaimed:5"
+    assert client.pressure_state({**BASE, "pressure_shrinks": 1}, BASE) == "shrinking"
 
 
 def test_live_table_and_lines() -> None:
-    f = statcli.live_fields(BASE, None, 0.0)
-    out = statcli.live_table([("/a", f), ("/very/long/mountpoint", "the daemon is gone")])
+    f = client.live_fields(BASE, None, 0.0)
+    out = client.live_table([("/a", f), ("/very/long/mountpoint", "the daemon is gone")])
     lines = out.splitlines()
-    assert lines[0].split() == list(statcli.LIVE_TITLES)
+    assert lines[0].split() == list(client.LIVE_TITLES)
     assert lines[1].startswith("/a ") and lines[1].endswith(" ok")
     assert lines[2] == "/very/long/mountpoint the daemon is gone"
-    line = statcli.live_line("T", "/a", f)
+    line = client.live_line("T", "/a", f)
     assert line == ("T /a hit%=- total%=50.0 hits/s=- misses/s=- backing=- pool=2M "
                     "limit=8M(25%) ratio=2.50 raw_pages=- pressure=ok\n")
 
@@ -501,7 +501,7 @@ def test_live_view_redraws_in_place_on_a_terminal(mount_factory: Callable[..., M
         def hits_shown() -> bool:
             # direct_io: every read reaches the daemon; the second and later are hits
             assert (zmount.mountpoint / "f").read_bytes() == data
-            frames = reader.text().split(statcli.HOME_CLEAR)
+            frames = reader.text().split(client.HOME_CLEAR)
             return len(frames) > 3 and any((live_hits_per_second(f, mp) or 0) > 0
                                            for f in frames)
 
@@ -515,11 +515,11 @@ def test_live_view_redraws_in_place_on_a_terminal(mount_factory: Callable[..., M
             proc.wait()
         os.close(master)
     text = reader.text()
-    assert text.startswith(statcli.HIDE_CURSOR)
-    assert text.count(statcli.HOME_CLEAR) >= 3
-    assert statcli.SHOW_CURSOR in text.rsplit(statcli.HOME_CLEAR, 1)[1]
+    assert text.startswith(client.HIDE_CURSOR)
+    assert text.count(client.HOME_CLEAR) >= 3
+    assert client.SHOW_CURSOR in text.rsplit(client.HOME_CLEAR, 1)[1]
     assert "Traceback" not in text
-    last = text.rsplit(statcli.HOME_CLEAR, 1)[1]
+    last = text.rsplit(client.HOME_CLEAR, 1)[1]
     assert re.search(r"^MOUNTPOINT +HIT% +TOTAL% +HITS/s", last, re.M), last
     row = next(line for line in last.splitlines() if line.startswith(mp + " "))
     assert row.split()[-1] == "ok"  # pressure=off: the limit never moves

@@ -10,7 +10,7 @@ import argparse
 import sys
 from typing import NoReturn
 
-from . import __version__, statcli
+from . import __version__, client
 from .options import OptionError, options_help, parse_options, read_options_file
 
 
@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="zcachefs options (-o name=value; generic fstab flags such as defaults, "
                "nofail, _netdev, x-systemd.* are ignored; FUSE options such as allow_other, "
                "default_permissions, ro, fsname= pass through):\n" + options_help()
-               + "\n\n" + statcli.SUMMARY,
+               + "\n\n" + client.SUMMARY,
     )
     parser.add_argument("source", metavar="SOURCE", help="directory to pass through")
     parser.add_argument("mountpoint", metavar="MOUNTPOINT", help="where to mount it")
@@ -46,8 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in statcli.SUBCOMMANDS:  # zcachefs stat|set|drop: a client
-        return statcli.main(argv)
+    if argv and argv[0] in client.SUBCOMMANDS:  # zcachefs stat|set|drop: a client
+        return client.main(argv)
     args = build_parser().parse_args(argv)
     groups = list(args.options)
     if args.options_file:
