@@ -23,8 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from zcachefs.cache import Cache, ReadPlan
-from zcachefs.options import parse_size
 from zcachefs.pool import compress_page
+from zcachefs.settings import parse_size
 
 KiB = 1024
 

@@ -5,9 +5,10 @@ Usage: scripts/gen_control_doc.py [--check] [FILE]
 
 The tables sit between `<!-- generated: NAME -->` and `<!-- end generated: NAME -->`
 markers (NAME: knobs, counters, columns); the prose around them is left alone. They
-are built from control.KNOBS, stats.COUNTERS, the Prometheus rendering of a real
-Controls object and client.COLUMNS. --check changes nothing and exits 1 if FILE is
-out of date (tests/test_control_mount.py runs it).
+are built from settings.CONTROLS (the control directory's rows of the settings
+table), stats.COUNTERS, the Prometheus metric names of stats.py and client.COLUMNS.
+--check changes nothing and exits 1 if FILE is out of date
+(tests/test_control_mount.py runs it).
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from zcachefs import client, control, stats  # noqa: E402
-from zcachefs.control import ACTIONS, KNOBS, Controls  # noqa: E402
+from zcachefs import client, stats  # noqa: E402
+from zcachefs.control import Controls  # noqa: E402
+from zcachefs.settings import CONTROLS  # noqa: E402
 
 DOC = ROOT / "docs" / "control.md"
 _REGION = re.compile(r"(<!-- generated: (\w+) -->\n)(.*?)(<!-- end generated: \2 -->)",
@@ -35,18 +37,16 @@ def _cell(text: str) -> str:
 
 def _metric_names() -> dict[str, str]:
     """Counter name -> Prometheus metric name, as the daemon renders stats.prom."""
-    return {name: control.metric_name(name) for name in stats.COUNTERS}
+    return {name: stats.metric_name(name) for name in stats.COUNTERS}
 
 
 def knobs() -> str:
     rows = ["| name | access | file mode | description |", "|---|---|---|---|"]
-    for k in KNOBS:
-        if k.name in ACTIONS:
-            access = "action (write 1)"
-        else:
-            access = "read-write" if k.parse is not None else "read-only"
-        mode = "0644" if Controls.writable(k.name) else "0444"
-        rows.append(f"| `{k.name}` | {access} | {mode} | {_cell(k.doc)} |")
+    for s in CONTROLS:
+        access = "action (write 1)" if s.action else (
+            "read-write" if s.writable else "read-only")
+        mode = "0644" if Controls.writable(s.name) else "0444"
+        rows.append(f"| `{s.name}` | {access} | {mode} | {_cell(s.ctl_doc)} |")
     return "\n".join(rows) + "\n"
 
 

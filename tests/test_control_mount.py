@@ -27,7 +27,9 @@ from mounting import Mount, control_stats
 from mounting import settle as settle_mount
 
 from zcachefs import control, stats
-from zcachefs.control import ACTIONS, KNOB_BY_NAME, KNOBS, Controls
+from zcachefs.control import Controls
+from zcachefs.settings import ACTIONS
+from zcachefs.settings import CONTROLS as KNOBS
 
 PAGE = 4096
 # direct_io: every read reaches the daemon, so its tiers serve it. pressure=off: the
@@ -38,6 +40,7 @@ UID, GID = 1000, 1000
 ROOT = Path(__file__).resolve().parent.parent
 ENOATTR = errno.ENODATA  # Linux spells ENOATTR as ENODATA
 KNOB_NAMES = [k.name for k in KNOBS]
+KNOB_BY_NAME = {k.name: k for k in KNOBS}
 COUNTER_NAMES = list(stats.COUNTERS)
 XATTR_NAMES = [n for n in Controls.names() if "." not in n]  # stats.json/.prom: files only
 needs_setpriv = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
@@ -173,7 +176,7 @@ def parse_prometheus(text: str) -> dict[str, dict[str, object]]:
 
 
 def metric(name: str) -> str:
-    return control.metric_name(name)
+    return stats.metric_name(name)
 
 
 # -- fixtures ---------------------------------------------------------------------------
@@ -216,7 +219,7 @@ def test_modes_say_who_may_write(shared: Mount) -> None:
     assert (st.st_mode & 0o7777, st.st_uid, st.st_gid) == (0o755, 0, 0)
     for name in Controls.names():
         st = os.stat(ctl(shared, name))
-        want = 0o644 if name in KNOB_BY_NAME and KNOB_BY_NAME[name].parse else 0o444
+        want = 0o644 if name in KNOB_BY_NAME and KNOB_BY_NAME[name].writable else 0o444
         assert (oct(st.st_mode & 0o7777), st.st_uid, st.st_gid) == (oct(want), 0, 0), name
     assert oct(os.stat(ctl(shared, "memlimit")).st_mode & 0o777) == "0o644"
     assert oct(os.stat(ctl(shared, "page_size")).st_mode & 0o777) == "0o444"
@@ -311,7 +314,7 @@ KNOB_VALUES: dict[str, list[tuple[str, str]]] = {
 def test_every_knob_is_covered() -> None:
     covered = set(KNOB_VALUES) | set(ACTIONS) | {"page_size"}
     assert covered == set(KNOB_NAMES)
-    assert [k.name for k in KNOBS if k.parse is None] == ["page_size"]
+    assert [k.name for k in KNOBS if not k.writable] == ["page_size"]
 
 
 @pytest.mark.parametrize("name", list(KNOB_VALUES))
@@ -442,7 +445,7 @@ BAD_VALUES: list[tuple[str, bytes]] = [
 
 
 def test_bad_values_cover_every_writable_knob() -> None:
-    assert {n for n, _ in BAD_VALUES} == {k.name for k in KNOBS if k.parse is not None}
+    assert {n for n, _ in BAD_VALUES} == {k.name for k in KNOBS if k.writable}
 
 
 @pytest.mark.parametrize(("name", "value"), BAD_VALUES, ids=lambda v: repr(v)[:20])
@@ -827,7 +830,7 @@ def test_docs_are_generated_from_the_code(tmp_path: Path) -> None:
         assert f"| `{name}` |" in text, name
     # The check can fail: a stale table is caught, and regenerating repairs it.
     stale = tmp_path / "control.md"
-    stale.write_text(text.replace(KNOB_BY_NAME["memlimit"].doc, "an old description"))
+    stale.write_text(text.replace(KNOB_BY_NAME["memlimit"].ctl_doc, "an old description"))
     r = subprocess.run([sys.executable, str(script), "--check", str(stale)],
                        capture_output=True, text=True)
     assert r.returncode == 1 and "out of date" in r.stderr
@@ -837,6 +840,6 @@ def test_docs_are_generated_from_the_code(tmp_path: Path) -> None:
 
 
 def test_control_module_is_what_the_docs_describe() -> None:
-    # The docs generator reads control.KNOBS/stats.COUNTERS; so do the files and xattrs.
+    # The docs generator reads settings.CONTROLS/stats.COUNTERS; so do the files and xattrs.
     assert Controls.names()[:len(KNOBS)] == KNOB_NAMES
     assert control.RENDERED == ("stats", "stats.json", "stats.prom")

@@ -9,7 +9,7 @@ import pytest
 
 PKG = Path(__file__).resolve().parent.parent / "zcachefs"
 CORE = ["options", "inodes", "backing", "logs", "notify", "codecs", "pool", "pagecache",
-        "cache", "stats", "control"]
+        "cache", "stats", "control", "settings"]
 FORBIDDEN = {"pyfuse3", "trio", "psutil"}
 
 

@@ -6,13 +6,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from zcachefs import codecs
 from zcachefs.options import (
-    OPTIONS,
     MountOptions,
     OptionError,
     parse_options,
     read_options_file,
 )
+from zcachefs.settings import CODEC_NAMES, OPTIONS
 
 
 def test_defaults() -> None:
@@ -80,3 +81,13 @@ def test_sizes_resolve_against_usable_ram() -> None:
     o = parse_options(["page_size=64K,threshold=25%"], ram=8 << 30)
     assert o.page_size == 65536 and o.threshold == 16384
     assert parse_options([], ram=10 << 30).memlimit == 1 << 30  # 10%, as zcache
+
+
+def test_every_field_is_an_option() -> None:
+    """MountOptions has no defaults of its own: each field is a row of the table."""
+    assert set(MountOptions.__dataclass_fields__) - {"fuse"} == {s.name for s in OPTIONS}
+
+
+def test_codec_names_match_the_registry() -> None:
+    """settings names the codecs without importing them (the client must not)."""
+    assert tuple(codecs.BY_NAME) == CODEC_NAMES

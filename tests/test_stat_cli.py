@@ -34,8 +34,9 @@ from test_control_mount import (
     zcachefs,
 )
 
-from zcachefs import client, control, stats
-from zcachefs.control import ACTIONS, KNOBS
+from zcachefs import client, stats
+from zcachefs.settings import ACTIONS
+from zcachefs.settings import CONTROLS as KNOBS
 
 PKG = Path(client.__file__).resolve().parent
 
@@ -138,7 +139,7 @@ def test_set_help_lists_every_knob() -> None:
     assert r.returncode == 0
     flat = " ".join(r.stdout.split())
     for k in KNOBS:
-        assert f" {k.name} [" in flat and " ".join(k.doc.split()) in flat, k.name
+        assert f" {k.name} [" in flat and " ".join(k.ctl_doc.split()) in flat, k.name
 
 
 # -- stat -------------------------------------------------------------------------------
@@ -195,7 +196,7 @@ def test_stat_prometheus_merges_mounts_with_a_label(two: tuple[Mount, Mount]) ->
     fams = parse_prometheus(r.stdout)
     assert len(fams) == len(COUNTER_NAMES)
     for name in stats.COUNTERS:
-        fam = fams[control.metric_name(name)]
+        fam = fams[stats.metric_name(name)]
         assert fam["samples"] == [(f'{{mountpoint="{a.mountpoint}"}}', sa[name]),
                                   (f'{{mountpoint="{b.mountpoint}"}}', sb[name])], name
 
@@ -386,7 +387,7 @@ def test_every_knob_and_counter_reachable_from_the_client(zmount: Mount) -> None
     got = json.loads(zcachefs("stat", "--json", str(zmount.mountpoint)).stdout)
     assert set(got) - {"mountpoint"} == set(COUNTER_NAMES)
     for knob in KNOBS:
-        if knob.parse is None:
+        if not knob.writable:
             continue
         value = "1" if knob.name in ACTIONS else ctl(zmount, knob.name).read_text().strip()
         r = zcachefs("set", str(zmount.mountpoint), f"{knob.name}={value}")

@@ -38,6 +38,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from . import codecs
 from .pagecache import Key, Tier
@@ -131,6 +132,35 @@ class Cache:
         # Set by the adapter: how many inodes the kernel holds (the `inodes` gauge).
         self.inodes_known: Callable[[], int] = lambda: 0
         self._fids = itertools.count(1)
+
+    def statistics(self) -> MappingProxyType[str, float]:
+        """Every name of stats.COUNTERS, read at one instant (no await in between); a
+        frozen mapping, in the table's order. stats.py renders it."""
+        pool, pc, cc = self.pool, self.pool.c, self.c
+        used = pool.mem_used_total
+        lookups = cc.cache_hits + cc.cache_misses
+        return MappingProxyType({
+            "zero_pages": pool.zero_pages, "same_filled_pages": pool.same_filled_pages,
+            "stored_pages": pool.stored_pages, "raw_pages": pool.raw_pages,
+            "raw_data_size": pool.raw_data_size, "orig_data_size": pool.orig_data_size,
+            "compr_data_size": pool.compr_data_size, "mem_used_total": used,
+            "mem_used_max": max(pc.mem_used_max, used), "memlimit": pool.memlimit,
+            "memlimit_effective": pool.limit, "pressure_shrinks": cc.pressure_shrinks,
+            "cache_size": self.configured * self.page_size,
+            "cache_pages": len(self.tier1) + len(self.pending),
+            "cache_files": self.file_count, "inodes": self.inodes_known(),
+            "hits": pc.succ_gets, "misses": pc.failed_gets,
+            "cache_hits": cc.cache_hits, "cache_misses": cc.cache_misses,
+            "puts": pc.puts, "invalidates": pc.invalidates, "evicted_pages": pc.evicted_pages,
+            "reject_compress_poor": pc.reject_compress_poor,
+            "reject_raw_full": pc.reject_raw_full, "reject_cold": pc.reject_cold,
+            "raw_skips": pc.raw_skips, "pool_limit_hit": pc.pool_limit_hit,
+            "reject_alloc_fail": pc.reject_alloc_fail, "reclaimed_pages": pc.reclaimed_pages,
+            "backing_reads": cc.backing_reads, "backing_read_bytes": cc.backing_read_bytes,
+            "backing_fallbacks": cc.backing_fallbacks, "write_fills": cc.write_fills,
+            "hit_ratio": round((cc.cache_hits + pc.succ_gets) / lookups, 4) if lookups else 0.0,
+            "compression_ratio": round(pool.orig_data_size / used, 4) if used else 0.0,
+        })
 
     # -- files ---------------------------------------------------------------------
 

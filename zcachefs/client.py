@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from . import stats
-from .control import ACTIONS, KNOBS
+from .settings import ACTIONS, CONTROLS
 
 SUBCOMMANDS = ("stat", "top", "set", "drop")
 FSTYPE = "fuse.zcachefs"
@@ -273,7 +273,7 @@ def set_knob(target: Target, name: str, value: str) -> None:
     try:
         os.setxattr(target.directory, XATTR_PREFIX + name, os.fsencode(value))
     except OSError as exc:
-        knob = next((k for k in KNOBS if k.name == name), None)
+        knob = next((k for k in CONTROLS if k.name == name), None)
         if exc.errno == errno.ENODATA:
             if "/" not in name and name not in (".", "..") and os.path.exists(target.path(name)):
                 raise ClientError(f"{target.mountpoint}: {name}: read-only") from None
@@ -282,7 +282,7 @@ def set_knob(target: Target, name: str, value: str) -> None:
         if exc.errno == errno.EROFS:
             raise ClientError(f"{target.mountpoint}: {name}: read-only") from None
         if exc.errno == errno.EINVAL:
-            hint = f" ({name}: {knob.doc})" if knob is not None else ""
+            hint = f" ({name}: {knob.ctl_doc})" if knob is not None else ""
             raise ClientError(f"{target.mountpoint}: {name}={value}: invalid value{hint}; "
                               f"the daemon log says why") from None
         if exc.errno in (errno.EACCES, errno.EPERM):
@@ -652,8 +652,8 @@ def top_epilog() -> str:
 def set_epilog() -> str:
     return "\n\n".join([
         _listing("knobs (rw: settable, ro: read-only, action: write 1 to run it):",
-                 ((k.name, f"[{_knob_kind(k.name, k.parse is not None)}] {k.doc}")
-                  for k in KNOBS)),
+                 ((k.name, f"[{_knob_kind(k.name, k.writable)}] {k.ctl_doc}")
+                  for k in CONTROLS)),
         "Changes are logged by the daemon with old and new value and last until unmount\n"
         "(put them in -o options to make them permanent). Errors: unknown name,\n"
         "read-only, invalid value (the daemon log says why), permission denied.",

@@ -34,9 +34,10 @@ from pyfuse3 import FUSEError
 from . import backing, pool
 from .backing import POLICY_XATTR, Backing, Caller, Found
 from .cache import Cache, FileState, ReadPlan, Sig
-from .control import ControlError, Controls, ReadOnly, UnknownName
+from .control import ControlError, Controls
 from .inodes import CONTROL_BASE, ROOT_NODEID, Inode, InodeTable
 from .options import MountOptions
+from .settings import XATTR_PREFIX as _XATTR_PREFIX
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -54,7 +55,6 @@ _SHRINK_BATCH = 512
 _SWEEP_BATCH = 256  # forgotten file states looked at per background round
 _CTL_DIR = CONTROL_BASE
 _CTL_FH = 1 << 40  # control-file handles count from here (real fds are far below)
-_XATTR_PREFIX = "user.zcachefs."
 _CAPABILITY = b"security.capability"
 
 
@@ -260,10 +260,10 @@ class Operations(pyfuse3.Operations):
         try:
             self.controls.write(handle.name, buf)
         except ControlError as exc:
+            if exc.errno != errno.EINVAL:  # read-only or unknown: not a file to write
+                raise FUSEError(errno.EACCES) from None
             log.warning("control: rejected write to %s: %s", handle.name, exc)
             raise FUSEError(errno.EINVAL) from None
-        except (ReadOnly, UnknownName):
-            raise FUSEError(errno.EACCES) from None
         return len(buf)
 
     def _attr(self, inode: Inode, st: os.stat_result) -> pyfuse3.EntryAttributes:

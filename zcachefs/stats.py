@@ -3,16 +3,21 @@
 Names follow zcache (zero_pages, orig_data_size, compr_data_size, mem_used_total),
 zswap (stored_pages, same_filled_pages, reject_compress_poor, pool_limit_hit),
 zram (mem_used_max) and cleancache (puts, invalidates; hits/misses are its
-succ_gets/failed_gets). `COUNTERS` holds the one-line description of each; the
-control files, `zcachefs stat --help` and the docs read it.
+succ_gets/failed_gets). `COUNTERS` holds the kind and one-line description of each;
+the control files, `zcachefs stat --help` and the docs read it. The values come from
+`Cache.statistics()`, one frozen snapshot; the renderings here (`text`, `json_text`,
+`prometheus`; `human` for the client's tables) take that snapshot or its values, so
+the client can use them without the engine.
 
-Pure core: must not import pyfuse3, trio or psutil.
+Must not import the engine at run time (the client imports this module: no cache,
+pool or codecs, which load ctypes, mmap, lz4 and lzo), nor pyfuse3, trio or psutil.
+Thread-safe (pure functions; `reset` runs on the cache owner's thread).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
-from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -79,50 +84,54 @@ COUNTERS: dict[str, tuple[str, str]] = {
 }
 
 
-def snapshot(cache: Cache) -> Mapping[str, float]:
-    """Every counter of COUNTERS, read at one instant (no await in between)."""
-    pool, pc, cc = cache.pool, cache.pool.c, cache.c
-    used = pool.mem_used_total
-    lookups = cc.cache_hits + cc.cache_misses
-    values: dict[str, float] = {
-        "zero_pages": pool.zero_pages,
-        "same_filled_pages": pool.same_filled_pages,
-        "stored_pages": pool.stored_pages,
-        "raw_pages": pool.raw_pages,
-        "raw_data_size": pool.raw_data_size,
-        "orig_data_size": pool.orig_data_size,
-        "compr_data_size": pool.compr_data_size,
-        "mem_used_total": used,
-        "mem_used_max": max(pc.mem_used_max, used),
-        "memlimit": pool.memlimit,
-        "memlimit_effective": pool.limit,
-        "pressure_shrinks": cc.pressure_shrinks,
-        "cache_size": cache.configured * cache.page_size,
-        "cache_pages": len(cache.tier1) + len(cache.pending),
-        "cache_files": cache.file_count,
-        "inodes": cache.inodes_known(),
-        "hits": pc.succ_gets,
-        "misses": pc.failed_gets,
-        "cache_hits": cc.cache_hits,
-        "cache_misses": cc.cache_misses,
-        "puts": pc.puts,
-        "invalidates": pc.invalidates,
-        "evicted_pages": pc.evicted_pages,
-        "reject_compress_poor": pc.reject_compress_poor,
-        "reject_raw_full": pc.reject_raw_full,
-        "reject_cold": pc.reject_cold,
-        "raw_skips": pc.raw_skips,
-        "pool_limit_hit": pc.pool_limit_hit,
-        "reject_alloc_fail": pc.reject_alloc_fail,
-        "reclaimed_pages": pc.reclaimed_pages,
-        "backing_reads": cc.backing_reads,
-        "backing_read_bytes": cc.backing_read_bytes,
-        "backing_fallbacks": cc.backing_fallbacks,
-        "write_fills": cc.write_fills,
-        "hit_ratio": round((cc.cache_hits + pc.succ_gets) / lookups, 4) if lookups else 0.0,
-        "compression_ratio": round(pool.orig_data_size / used, 4) if used else 0.0,
-    }
-    return MappingProxyType(values)
+Snapshot = Mapping[str, float]  # every name of COUNTERS, read at one instant
+
+
+def number(v: float) -> str:
+    """A value as the control files show it: integers without a point, ratios to 4."""
+    return str(int(v)) if float(v).is_integer() else f"{v:.4f}"
+
+
+def text(snap: Snapshot) -> str:
+    """The `stats` file: one `name value` line per counter."""
+    return "".join(f"{k} {number(v)}\n" for k, v in snap.items())
+
+
+def json_text(snap: Snapshot) -> str:
+    """The `stats.json` file: one JSON object."""
+    return json.dumps(dict(snap), indent=1) + "\n"
+
+
+def human(nbytes: float) -> str:
+    """A size in binary units as zramctl prints them: 0B, 512B, 4K, 1.5M, 2G."""
+    n = float(nbytes)
+    for unit in ("B", "K", "M", "G", "T"):
+        if abs(n) < 1024 or unit == "T":
+            break
+        n /= 1024
+    if unit == "B" or n.is_integer():
+        return f"{n:.0f}{unit}"
+    return f"{n:.1f}{unit}"
+
+
+def metric_name(name: str) -> str:
+    """The Prometheus metric of a counter: counters end in _total, and only they do
+    (so the gauge mem_used_total is exported as zcachefs_mem_used_bytes)."""
+    if COUNTERS[name][0] == "counter":
+        return f"zcachefs_{name}_total"
+    if name.endswith("_total"):
+        return f"zcachefs_{name[:-len('_total')]}_bytes"
+    return f"zcachefs_{name}"
+
+
+def prometheus(snap: Snapshot) -> str:
+    """The `stats.prom` file: Prometheus text exposition format (HELP/TYPE per metric)."""
+    out = []
+    for name, value in snap.items():
+        kind, doc = COUNTERS[name]
+        metric = metric_name(name)
+        out.append(f"# HELP {metric} {doc}\n# TYPE {metric} {kind}\n{metric} {number(value)}\n")
+    return "".join(out)
 
 
 def reset(cache: Cache) -> None:
