@@ -34,11 +34,12 @@ from test_control_mount import (
     zcachefs,
 )
 
-from zcachefs import client, stats
+from zcachefs import client, live, mounts, stats
 from zcachefs.settings import ACTIONS
 from zcachefs.settings import CONTROLS as KNOBS
 
 PKG = Path(client.__file__).resolve().parent
+CLIENT_MODULES = ("client.py", "live.py", "mounts.py")
 
 
 def rows(out: str) -> list[list[str]]:
@@ -56,7 +57,7 @@ def rows(out: str) -> list[list[str]]:
     (int(1.25 * (1 << 40)), "1.2T"), (5000 << 40, "5000T"),
 ])
 def test_human_sizes(n: int, text: str) -> None:
-    assert client.human(n) == text
+    assert stats.human(n) == text
 
 
 def test_table_aligns_and_formats() -> None:
@@ -78,7 +79,7 @@ def test_parse_mountinfo_unescapes_and_takes_the_top_mount() -> None:
         "41 22 0:51 / /stacked rw - fuse.zcachefs /src rw\n"
         "42 41 0:52 / /stacked rw master:3 - tmpfs tmpfs rw\n"
         "43 22 0:53 / /opt/x rw - fuse.other /src rw\n")
-    assert client.parse_mountinfo(text) == {
+    assert mounts.parse_mountinfo(text) == {
         "/": "ext4", "/mnt/with space": "fuse.zcachefs", "/stacked": "tmpfs",
         "/opt/x": "fuse.other"}
 
@@ -96,9 +97,8 @@ def test_merge_prometheus_labels_and_groups_families() -> None:
 
 
 def test_the_client_imports_no_fuse_trio_psutil() -> None:
-    tree = ast.parse((PKG / "client.py").read_text())
     names: set[str] = set()
-    for node in ast.walk(tree):
+    for node in (n for m in CLIENT_MODULES for n in ast.walk(ast.parse((PKG / m).read_text()))):
         if isinstance(node, ast.Import):
             names |= {a.name.split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom):
@@ -159,7 +159,7 @@ def test_stat_prints_one_row_per_mount(two: tuple[Mount, Mount]) -> None:
     r = zcachefs("stat", str(a.mountpoint), str(b.mountpoint))
     assert r.returncode == 0 and not r.stderr, r.stderr
     got = rows(r.stdout)
-    h = client.human
+    h = stats.human
     assert got[0] == [str(a.mountpoint), "lz4", "8M", h(sa["mem_used_total"]),
                       str(int(sa["stored_pages"])), h(sa["orig_data_size"]),
                       h(sa["compr_data_size"]), f"{sa['compression_ratio']:.2f}",
@@ -359,7 +359,7 @@ def test_another_user_can_stat_but_not_set(mount_factory: Callable[..., Mount],
     r = zcachefs("stat", str(m.mountpoint), user=True)
     assert r.returncode == 0, r.stderr
     assert rows(r.stdout)[0][:5] == [str(m.mountpoint), "lz4", "8M",
-                                     client.human(s["mem_used_total"]),
+                                     stats.human(s["mem_used_total"]),
                                      str(int(s["stored_pages"]))]
     r = zcachefs("stat", "--json", str(m.mountpoint), user=True)
     assert r.returncode == 0 and json.loads(r.stdout) == {"mountpoint": str(m.mountpoint), **s}
@@ -410,44 +410,44 @@ BASE = {"cache_hits": 100, "cache_misses": 50, "hits": 30, "misses": 20,
 
 
 def test_live_fields_are_rates_of_the_interval() -> None:
-    first = client.live_fields(BASE, None, 0.0)
+    first = live.live_fields(BASE, None, 0.0)
     assert first["HITS/s"] == first["MISSES/s"] == first["BACKING"] == first["HIT%"] == "-"
     assert first["TOTAL%"] == "50.0" and first["RATIO"] == "2.50" and first["RAW"] == "-"
     assert first["POOL"] == "2M" and first["LIMIT"] == "8M (25%)"
     assert first["PRESSURE"] == "ok"
     cur = {**BASE, "cache_hits": 300, "cache_misses": 150, "hits": 50, "misses": 100,
            "backing_read_bytes": (1 << 20) + 4_000_000, "raw_pages": 7}
-    f = client.live_fields(cur, BASE, 2.0)
+    f = live.live_fields(cur, BASE, 2.0)
     # 200 tier-1 hits + 20 pool hits of 300 lookups; 80 misses; 4 MB read, in 2 s
     assert (f["HITS/s"], f["MISSES/s"], f["HIT%"]) == ("110", "40", "73.3")
     assert f["BACKING"] == "2.0MB/s" and f["RAW"] == "7"
-    idle = client.live_fields(cur, cur, 2.0)
+    idle = live.live_fields(cur, cur, 2.0)
     assert idle["HIT%"] == "-" and idle["HITS/s"] == "0"
     # reset_stats between two readings: the new values count from zero
     reset = {**BASE, "cache_hits": 10, "hits": 0, "cache_misses": 0, "misses": 4}
-    assert client.live_fields(reset, cur, 1.0)["HITS/s"] == "10"
+    assert live.live_fields(reset, cur, 1.0)["HITS/s"] == "10"
     # a daemon without some counters: '-' where they are missing, no crash
-    assert set(client.live_fields({"memlimit": 1 << 20}, {}, 1.0).values()) <= {
+    assert set(live.live_fields({"memlimit": 1 << 20}, {}, 1.0).values()) <= {
         "-", "1M", "ok"}
 
 
 def test_pressure_state() -> None:
-    assert client.pressure_state(BASE, None) == "ok"
+    assert live.pressure_state(BASE, None) == "ok"
     low = {**BASE, "memlimit_effective": 6 << 20}
-    assert client.pressure_state(low, BASE) == "limited:6M"
+    assert live.pressure_state(low, BASE) == "limited:6M"
     shrunk = {**low, "pressure_shrinks": 2, "reclaimed_pages": 5}
-    assert client.pressure_state(shrunk, low) == "shrinking:6M+reclaimed:5"
-    assert client.pressure_state({**BASE, "pressure_shrinks": 1}, BASE) == "shrinking"
+    assert live.pressure_state(shrunk, low) == "shrinking:6M+reclaimed:5"
+    assert live.pressure_state({**BASE, "pressure_shrinks": 1}, BASE) == "shrinking"
 
 
 def test_live_table_and_lines() -> None:
-    f = client.live_fields(BASE, None, 0.0)
-    out = client.live_table([("/a", f), ("/very/long/mountpoint", "the daemon is gone")])
+    f = live.live_fields(BASE, None, 0.0)
+    out = live.live_table([("/a", f), ("/very/long/mountpoint", "the daemon is gone")])
     lines = out.splitlines()
-    assert lines[0].split() == list(client.LIVE_TITLES)
+    assert lines[0].split() == list(live.LIVE_TITLES)
     assert lines[1].startswith("/a ") and lines[1].endswith(" ok")
     assert lines[2] == "/very/long/mountpoint the daemon is gone"
-    line = client.live_line("T", "/a", f)
+    line = live.live_line("T", "/a", f)
     assert line == ("T /a hit%=- total%=50.0 hits/s=- misses/s=- backing=- pool=2M "
                     "limit=8M(25%) ratio=2.50 raw_pages=- pressure=ok\n")
 
@@ -502,7 +502,7 @@ def test_live_view_redraws_in_place_on_a_terminal(mount_factory: Callable[..., M
         def hits_shown() -> bool:
             # direct_io: every read reaches the daemon; the second and later are hits
             assert (zmount.mountpoint / "f").read_bytes() == data
-            frames = reader.text().split(client.HOME_CLEAR)
+            frames = reader.text().split(live.HOME_CLEAR)
             return len(frames) > 3 and any((live_hits_per_second(f, mp) or 0) > 0
                                            for f in frames)
 
@@ -516,11 +516,11 @@ def test_live_view_redraws_in_place_on_a_terminal(mount_factory: Callable[..., M
             proc.wait()
         os.close(master)
     text = reader.text()
-    assert text.startswith(client.HIDE_CURSOR)
-    assert text.count(client.HOME_CLEAR) >= 3
-    assert client.SHOW_CURSOR in text.rsplit(client.HOME_CLEAR, 1)[1]
+    assert text.startswith(live.HIDE_CURSOR)
+    assert text.count(live.HOME_CLEAR) >= 3
+    assert live.SHOW_CURSOR in text.rsplit(live.HOME_CLEAR, 1)[1]
     assert "Traceback" not in text
-    last = text.rsplit(client.HOME_CLEAR, 1)[1]
+    last = text.rsplit(live.HOME_CLEAR, 1)[1]
     assert re.search(r"^MOUNTPOINT +HIT% +TOTAL% +HITS/s", last, re.M), last
     row = next(line for line in last.splitlines() if line.startswith(mp + " "))
     assert row.split()[-1] == "ok"  # pressure=off: the limit never moves

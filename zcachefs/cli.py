@@ -8,19 +8,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import NoReturn
 
 from . import __version__, client
 from .options import OptionError, options_help, parse_options, read_options_file
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"zcachefs: {message} (see zcachefs --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = client.Parser(
         prog="zcachefs",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Mount SOURCE at MOUNTPOINT (they may be the same directory) as a "
@@ -46,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in client.SUBCOMMANDS:  # zcachefs stat|set|drop: a client
+    if argv and argv[0] in client.SUBCOMMANDS:  # zcachefs stat|top|set|drop: a client
         return client.main(argv)
     args = build_parser().parse_args(argv)
     groups = list(args.options)

@@ -1,38 +1,25 @@
 """The client commands: `zcachefs stat`, `zcachefs top`, `zcachefs set` and
-`zcachefs drop`.
+`zcachefs drop`, and the one-line argument parser the whole command line uses.
 
 They talk to a live mount only through its control directory
-(`MOUNTPOINT/.zcachefs`, or the name given to `-o control=`): `stat` reads
-`stats.json` (or `stats.prom`) and `compressor`, `set` and `drop` call setxattr
-`user.zcachefs.<name>` on the directory, which answers with a distinct errno per
-failure (ENOATTR unknown, EROFS read-only, EINVAL bad value, EACCES/EPERM not
-allowed). So they work for any user the mount lets in (allow_other), from scripts,
-and against a daemon of another version.
-
-A path is checked in /proc/self/mountinfo (the mount on top must be of type
-`fuse.zcachefs`) before anything under it is touched: stat() of a mount whose daemon
-is gone or stuck hangs or fails.
-
-`stat --watch [SECONDS]` (= `top`) is the live view: every SECONDS it reads every
-mount's stats.json and shows what changed since the last reading (hits and misses per
-second, backing MB/s, the interval's hit ratio) next to the levels (pool used against
-its limit, compression ratio, raw-stored pages, memory-pressure state). On a terminal
-it redraws in place; otherwise it prints one line per mount and interval (for logs).
-Ctrl-C ends it with exit 0.
+(`MOUNTPOINT/.zcachefs`, or the name given to `-o control=`), found and reached by
+mounts.py: `stat` reads `stats.json` (or `stats.prom`) and `compressor`, `set` and
+`drop` set the xattrs `user.zcachefs.<name>`. `stat --watch [SECONDS]` and `top` are
+the live view (live.py).
 
 Errors are one line on stderr: exit 1 for a failure at a mount, 2 for bad usage.
 
-A client: must not import pyfuse3, trio or psutil (nor fs or mount). Single-threaded.
+A client: from the package it imports only `settings` (names and docs), `stats` (the
+counter table and renderings) and the client's own modules (mounts, live), never the
+engine (control, cache, pool, codecs: ctypes, mmap, lz4, lzo), fs or mount, nor
+pyfuse3, trio or psutil (tests/test_layering.py checks). Single-threaded.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import errno
 import json
 import os
-import re
 import sys
 import textwrap
 import time
@@ -41,13 +28,22 @@ from dataclasses import dataclass
 from typing import NoReturn
 
 from . import stats
-from .settings import ACTIONS, CONTROLS
+from .live import WATCH_DEFAULT, watch_live
+from .mounts import (
+    ClientError,
+    find,
+    mount_path,
+    read_mounts,
+    read_stats,
+    read_text,
+    report,
+    set_knob,
+    zcachefs_mounts,
+)
+from .settings import CONTROLS, DEFAULT_CONTROL, parse_control_name
+from .stats import human
 
 SUBCOMMANDS = ("stat", "top", "set", "drop")
-FSTYPE = "fuse.zcachefs"
-DEFAULT_CONTROL = ".zcachefs"
-XATTR_PREFIX = "user.zcachefs."
-MOUNTINFO = "/proc/self/mountinfo"
 
 # For `zcachefs --help` (cli.py appends it to its epilog).
 SUMMARY = """\
@@ -62,23 +58,8 @@ mount lets in can read, root or the mount's owner can change knobs):
   (a SOURCE named stat, top, set or drop: write ./stat; see zcachefs stat --help)"""
 
 
-class ClientError(Exception):
-    """A failure at one mount; str() is the one-line message (without the prefix)."""
-
 
 # -- formatting ------------------------------------------------------------------------
-
-
-def human(nbytes: float) -> str:
-    """A size in binary units as zramctl prints them: 0B, 512B, 4K, 1.5M, 2G."""
-    n = float(nbytes)
-    for unit in ("B", "K", "M", "G", "T"):
-        if abs(n) < 1024 or unit == "T":
-            break
-        n /= 1024
-    if unit == "B" or n.is_integer():
-        return f"{n:.0f}{unit}"
-    return f"{n:.1f}{unit}"
 
 
 def _count(v: float) -> str:
@@ -172,274 +153,6 @@ def merge_prometheus(expositions: Sequence[tuple[str, str]]) -> str:
                    for f in order)
 
 
-# -- finding mounts --------------------------------------------------------------------
-
-
-def _unescape(field: str) -> str:
-    """Undo mountinfo's octal escapes (\\040 is a space)."""
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
-def parse_mountinfo(text: str) -> dict[str, str]:
-    """Mountpoint -> fstype of the mount on top there (later lines are stacked later)."""
-    top: dict[str, str] = {}
-    for line in text.splitlines():
-        fields = line.split()
-        if "-" not in fields[6:]:
-            continue
-        sep = fields.index("-", 6)
-        top[_unescape(fields[4])] = fields[sep + 1]
-    return top
-
-
-def read_mounts() -> dict[str, str]:
-    with open(MOUNTINFO, encoding="utf-8", errors="surrogateescape") as f:
-        return parse_mountinfo(f.read())
-
-
-def mount_path(path: str) -> str:
-    """The absolute path as mountinfo spells it, without touching the mount itself:
-    symlinks are resolved in the parent only (stat() of a dead mount hangs)."""
-    absolute = os.path.abspath(path)
-    parent, name = os.path.split(absolute)
-    return os.path.join(os.path.realpath(parent), name) if name else absolute
-
-
-def zcachefs_mounts() -> list[str]:
-    return [mp for mp, fstype in read_mounts().items() if fstype == FSTYPE]
-
-
-@dataclass(frozen=True)
-class Target:
-    """The control directory of one live zcachefs mount."""
-
-    mountpoint: str
-    control: str
-
-    @property
-    def directory(self) -> str:
-        return os.path.join(self.mountpoint, self.control)
-
-    def path(self, name: str) -> str:
-        return os.path.join(self.directory, name)
-
-
-def find(path: str, control: str) -> Target:
-    """Check in mountinfo that `path` is a zcachefs mount (before touching it)."""
-    mountpoint = mount_path(path)
-    fstype = read_mounts().get(mountpoint)
-    if fstype is None:
-        raise ClientError(f"{path}: not a zcachefs mount (nothing is mounted there)")
-    if fstype != FSTYPE:
-        raise ClientError(f"{path}: not a zcachefs mount (it is {fstype})")
-    return Target(mountpoint, control)
-
-
-def _failure(target: Target, exc: OSError, what: str) -> ClientError:
-    """A one-line message for an OSError met in the control directory."""
-    where = target.mountpoint
-    if exc.errno == errno.ENOENT and not os.path.isdir(target.directory):
-        return ClientError(f"{where}: no control directory {target.control!r} (mounted "
-                           f"with -o control=NAME? pass --control NAME)")
-    if exc.errno == errno.ENOTCONN:
-        return ClientError(f"{where}: the daemon is gone (transport endpoint is not "
-                           f"connected); unmount it with fusermount3 -u")
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        return ClientError(f"{where}: {what}: permission denied")
-    return ClientError(f"{where}: {what}: {os.strerror(exc.errno or errno.EIO)}")
-
-
-def read_text(target: Target, name: str) -> str:
-    try:
-        with open(target.path(name), encoding="utf-8") as f:
-            return f.read()
-    except OSError as exc:
-        raise _failure(target, exc, f"cannot read {name}") from None
-
-
-def read_stats(target: Target) -> dict[str, float]:
-    text = read_text(target, "stats.json")
-    try:
-        values = json.loads(text)
-    except ValueError:
-        raise ClientError(f"{target.mountpoint}: stats.json is not JSON") from None
-    if not isinstance(values, dict):
-        raise ClientError(f"{target.mountpoint}: stats.json is not a JSON object")
-    return values
-
-
-def set_knob(target: Target, name: str, value: str) -> None:
-    """Change one knob through setxattr (its errno says what went wrong)."""
-    try:
-        os.setxattr(target.directory, XATTR_PREFIX + name, os.fsencode(value))
-    except OSError as exc:
-        knob = next((k for k in CONTROLS if k.name == name), None)
-        if exc.errno == errno.ENODATA:
-            if "/" not in name and name not in (".", "..") and os.path.exists(target.path(name)):
-                raise ClientError(f"{target.mountpoint}: {name}: read-only") from None
-            raise ClientError(f"{target.mountpoint}: {name}: unknown name "
-                              f"(see zcachefs set --help)") from None
-        if exc.errno == errno.EROFS:
-            raise ClientError(f"{target.mountpoint}: {name}: read-only") from None
-        if exc.errno == errno.EINVAL:
-            hint = f" ({name}: {knob.ctl_doc})" if knob is not None else ""
-            raise ClientError(f"{target.mountpoint}: {name}={value}: invalid value{hint}; "
-                              f"the daemon log says why") from None
-        if exc.errno in (errno.EACCES, errno.EPERM):
-            raise ClientError(f"{target.mountpoint}: {name}: permission denied (only root "
-                              f"or the mount's owner may change knobs)") from None
-        raise _failure(target, exc, f"cannot set {name}") from None
-
-
-# -- the live view (stat --watch, top) ---------------------------------------------------
-
-WATCH_DEFAULT = 2.0  # seconds between readings when --watch has no value
-LIVE_TITLES = ("MOUNTPOINT", "HIT%", "TOTAL%", "HITS/s", "MISSES/s", "BACKING", "POOL",
-               "LIMIT", "RATIO", "RAW", "PRESSURE")
-
-
-def _delta(cur: dict[str, float], prev: dict[str, float] | None, *names: str) -> float | None:
-    """Growth of the sum of counters `names` since `prev` (None without a previous
-    reading or when a counter is missing); a reset_stats in between counts from 0."""
-    if prev is None or any(n not in cur or n not in prev for n in names):
-        return None
-    now, before = sum(cur[n] for n in names), sum(prev[n] for n in names)
-    return now - before if now >= before else now
-
-
-def _rate(v: float | None, dt: float) -> str:
-    return "-" if v is None or dt <= 0 else f"{v / dt:,.0f}"
-
-
-def pressure_state(cur: dict[str, float], prev: dict[str, float] | None) -> str:
-    """ok; limited (the watcher lowered the pool's limit below memlimit); shrinking
-    (it gave memory back since the last reading); plus pages the kernel reclaimed."""
-    state = "ok"
-    eff, limit = cur.get("memlimit_effective"), cur.get("memlimit")
-    if eff is not None and limit is not None and eff < limit:
-        state = f"limited:{human(eff)}"
-    shrinks = _delta(cur, prev, "pressure_shrinks")
-    if shrinks:
-        state = "shrinking" if state == "ok" else state.replace("limited", "shrinking")
-    reclaimed = _delta(cur, prev, "reclaimed_pages")
-    if reclaimed:
-        state += f"+reclaimed:{int(reclaimed)}"
-    return state
-
-
-def live_fields(cur: dict[str, float], prev: dict[str, float] | None,
-                dt: float) -> dict[str, str]:
-    """The live view of one mount, from two readings of stats.json `dt` seconds apart
-    (prev None: the first reading; rates are then '-'). Counters a daemon does not
-    have (an older one, or raw_pages before it exists) show as '-'."""
-    hits = _delta(cur, prev, "cache_hits", "hits")
-    looks = _delta(cur, prev, "cache_hits", "cache_misses")
-    misses = _delta(cur, prev, "misses")
-    backing = _delta(cur, prev, "backing_read_bytes")
-    used, limit = cur.get("mem_used_total"), cur.get("memlimit")
-    return {
-        "HIT%": "-" if hits is None or not looks else f"{100 * hits / looks:.1f}",
-        "TOTAL%": f"{100 * cur['hit_ratio']:.1f}" if "hit_ratio" in cur else "-",
-        "HITS/s": _rate(hits, dt),
-        "MISSES/s": _rate(misses, dt),
-        "BACKING": "-" if backing is None or dt <= 0 else f"{backing / dt / 1e6:.1f}MB/s",
-        "POOL": "-" if used is None else human(used),
-        "LIMIT": "-" if limit is None else human(limit) + (
-            f" ({100 * used / limit:.0f}%)" if used is not None and limit else ""),
-        "RATIO": f"{cur['compression_ratio']:.2f}" if "compression_ratio" in cur else "-",
-        "RAW": str(int(cur["raw_pages"])) if "raw_pages" in cur else "-",
-        "PRESSURE": pressure_state(cur, prev),
-    }
-
-
-def live_table(rows: Sequence[tuple[str, dict[str, str] | str]]) -> str:
-    """The live view's table: (mountpoint, fields or an error message) rows."""
-    body = [[mp, *(f[t] for t in LIVE_TITLES[1:])] if isinstance(f, dict) else [mp, f]
-            for mp, f in rows]
-    head = list(LIVE_TITLES)
-    widths = [max([len(head[i])] + [len(r[i]) for r in body if i == 0 or len(r) > 2])
-              for i in range(len(head))]
-    lines = []
-    for r in [head, *body]:
-        if len(r) == 2:  # an error row
-            lines.append(f"{r[0].ljust(widths[0])} {r[1]}")
-            continue
-        cells = [r[0].ljust(widths[0]), *(r[i].rjust(widths[i]) for i in range(1, len(r) - 1))]
-        lines.append(" ".join([*cells, r[-1]]).rstrip())
-    return "\n".join(lines) + "\n"
-
-
-def live_line(stamp: str, mountpoint: str, fields: dict[str, str] | str) -> str:
-    """One line per mount and interval, for logs: KEY=VALUE, no spaces in values."""
-    if isinstance(fields, str):
-        return f"{stamp} {mountpoint} error={fields!r}\n"
-    keys = {"HIT%": "hit%", "TOTAL%": "total%", "HITS/s": "hits/s", "MISSES/s": "misses/s",
-            "BACKING": "backing", "POOL": "pool", "LIMIT": "limit", "RATIO": "ratio",
-            "RAW": "raw_pages", "PRESSURE": "pressure"}
-    parts = [f"{keys[t]}={fields[t].replace(' ', '')}" for t in LIVE_TITLES[1:]]
-    return f"{stamp} {mountpoint} " + " ".join(parts) + "\n"
-
-
-HIDE_CURSOR, SHOW_CURSOR, HOME_CLEAR = "\x1b[?25l", "\x1b[?25h", "\x1b[H\x1b[2J"
-
-
-def watch_live(args: argparse.Namespace, paths: Sequence[str], interval: float) -> int:
-    """Redraw every `interval` seconds until Ctrl-C (exit 0) or, when mountpoints were
-    named, one of them fails (exit 1). Without names, every zcachefs mount is shown,
-    found again at every reading (a mount that fails is a row saying why)."""
-    tty = sys.stdout.isatty()
-    prev: dict[str, tuple[float, dict[str, float]]] = {}
-    out = sys.stdout
-    if tty:
-        out.write(HIDE_CURSOR)
-    try:
-        while True:
-            started = time.monotonic()
-            current = list(paths) if paths else zcachefs_mounts()
-            rows: list[tuple[str, dict[str, str] | str]] = []
-            failed = False
-            seen: set[str] = set()
-            for path in current:
-                try:
-                    target = find(path, args.control)
-                    if target.mountpoint in seen:
-                        continue
-                    seen.add(target.mountpoint)
-                    values = read_stats(target)
-                except ClientError as exc:
-                    if paths:
-                        _error(str(exc))
-                        failed = True
-                    rows.append((path, str(exc).removeprefix(f"{path}: ")))
-                    continue
-                now = time.monotonic()
-                last = prev.get(target.mountpoint)
-                fields = live_fields(values, last[1] if last else None,
-                                     now - last[0] if last else 0.0)
-                prev[target.mountpoint] = (now, values)
-                rows.append((target.mountpoint, fields))
-            if failed:
-                return 1
-            stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
-            if tty:
-                head = (f"zcachefs top: every {interval:g}s, {stamp} (Ctrl-C quits); HIT%: "
-                        f"this interval, TOTAL%: since mount\n\n")
-                body = live_table(rows) if rows else "(no zcachefs mounts)\n"
-                out.write(HOME_CLEAR + head + body)
-            else:
-                out.write("".join(live_line(stamp, mp, f) for mp, f in rows)
-                          or f"{stamp} (no zcachefs mounts)\n")
-            out.flush()
-            time.sleep(max(0.0, interval - (time.monotonic() - started)))
-    except KeyboardInterrupt:
-        return 0
-    finally:
-        if tty:
-            with contextlib.suppress(OSError):
-                out.write(SHOW_CURSOR + "\n")
-                out.flush()
-
-
 def parse_watch(args: argparse.Namespace) -> float | None:
     """--watch's optional SECONDS. A value that is not a number but names a mount
     (checked in mountinfo only) is a MOUNTPOINT: `stat --watch /mnt`."""
@@ -469,10 +182,6 @@ class UsageError(Exception):
 # -- commands --------------------------------------------------------------------------
 
 
-def _error(message: str) -> None:
-    print(f"zcachefs: {message}", file=sys.stderr)
-
-
 def _stat_round(args: argparse.Namespace, paths: Sequence[str]) -> bool:
     """Print one sample of every mount; False if any mount failed."""
     ok = True
@@ -498,7 +207,7 @@ def _stat_round(args: argparse.Namespace, paths: Sequence[str]) -> bool:
                 algo = "-"
             rows.append((target.mountpoint, algo, values))
         except ClientError as exc:
-            _error(str(exc))
+            report(str(exc))
             ok = False
     if args.prometheus:
         sys.stdout.write(merge_prometheus(proms))
@@ -512,15 +221,15 @@ def cmd_stat(args: argparse.Namespace) -> int:
     try:
         interval = parse_watch(args)
     except UsageError as exc:
-        _error(f"{exc} (see zcachefs stat --help)")
+        report(f"{exc} (see zcachefs stat --help)")
         return 2
     paths = list(args.mountpoints)
     if interval is not None and not (args.json or args.prometheus):
-        return watch_live(args, paths, interval)
+        return watch_live(args.control, paths, interval)
     if not paths:
         paths = zcachefs_mounts()
         if not paths:
-            _error("no zcachefs mounts")
+            report("no zcachefs mounts")
             return 1
     if interval is None:
         return 0 if _stat_round(args, paths) else 1
@@ -535,7 +244,7 @@ def cmd_stat(args: argparse.Namespace) -> int:
 
 def cmd_top(args: argparse.Namespace) -> int:
     args.json = args.prometheus = False
-    return watch_live(args, list(args.mountpoints), args.interval)
+    return watch_live(args.control, list(args.mountpoints), args.interval)
 
 
 def cmd_set(args: argparse.Namespace) -> int:
@@ -543,20 +252,20 @@ def cmd_set(args: argparse.Namespace) -> int:
     for item in args.assignments:
         name, eq, value = item.partition("=")
         if not eq or not name:
-            _error(f"set: expected NAME=VALUE, got {item!r} (see zcachefs set --help)")
+            report(f"set: expected NAME=VALUE, got {item!r} (see zcachefs set --help)")
             return 2
         pairs.append((name, value))
     try:
         target = find(args.mountpoint, args.control)
     except ClientError as exc:
-        _error(str(exc))
+        report(str(exc))
         return 1
     status = 0
     for name, value in pairs:
         try:
             set_knob(target, name, value)
         except ClientError as exc:
-            _error(str(exc))
+            report(str(exc))
             status = 1
     return status
 
@@ -567,7 +276,7 @@ def cmd_drop(args: argparse.Namespace) -> int:
         try:
             set_knob(find(path, args.control), "drop_caches", "1")
         except ClientError as exc:
-            _error(str(exc))
+            report(str(exc))
             status = 1
     return status
 
@@ -575,7 +284,10 @@ def cmd_drop(args: argparse.Namespace) -> int:
 # -- the parser ------------------------------------------------------------------------
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line: `PROG: why (see PROG --help)`,
+    exit 2 (the mount command line in cli.py uses it too)."""
+
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
@@ -591,9 +303,11 @@ def _positive(text: str) -> float:
 
 
 def _control_name(text: str) -> str:
-    if not text or text in (".", "..") or "/" in text or "\0" in text:
-        raise argparse.ArgumentTypeError(f"not a valid file name: {text!r}")
-    return text
+    """--control NAME: checked as -o control=NAME is."""
+    try:
+        return parse_control_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _listing(title: str, items: Iterable[tuple[str, str]]) -> str:
@@ -607,8 +321,8 @@ def _listing(title: str, items: Iterable[tuple[str, str]]) -> str:
     return "\n".join(out)
 
 
-def _knob_kind(name: str, writable: bool) -> str:
-    if name in ACTIONS:
+def _knob_kind(name: str, writable: bool, action: bool) -> str:
+    if action:
         return "action"
     return "rw" if writable else "ro"
 
@@ -652,8 +366,8 @@ def top_epilog() -> str:
 def set_epilog() -> str:
     return "\n\n".join([
         _listing("knobs (rw: settable, ro: read-only, action: write 1 to run it):",
-                 ((k.name, f"[{_knob_kind(k.name, k.writable)}] {k.ctl_doc}")
-                  for k in CONTROLS)),
+                 ((s.name, f"[{_knob_kind(s.name, s.writable, s.action)}] {s.ctl_doc}")
+                  for s in CONTROLS)),
         "Changes are logged by the daemon with old and new value and last until unmount\n"
         "(put them in -o options to make them permanent). Errors: unknown name,\n"
         "read-only, invalid value (the daemon log says why), permission denied.",
@@ -661,8 +375,8 @@ def set_epilog() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="zcachefs", description="Observe and tune live zcachefs mounts.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = Parser(prog="zcachefs", description="Observe and tune live zcachefs mounts.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     raw = argparse.RawDescriptionHelpFormatter
 
     def control_option(p: argparse.ArgumentParser) -> None:
