@@ -40,7 +40,7 @@ from .mounts import (
     set_knob,
     zcachefs_mounts,
 )
-from .settings import CONTROLS, DEFAULT_CONTROL, parse_control_name
+from .settings import CONTROLS, DEFAULT_CONTROL, Setting, parse_control_name
 from .stats import human
 
 SUBCOMMANDS = ("stat", "top", "set", "drop")
@@ -321,10 +321,10 @@ def _listing(title: str, items: Iterable[tuple[str, str]]) -> str:
     return "\n".join(out)
 
 
-def _knob_kind(name: str, writable: bool, action: bool) -> str:
-    if action:
+def _kind(setting: Setting) -> str:
+    if setting.action:
         return "action"
-    return "rw" if writable else "ro"
+    return "rw" if setting.writable else "ro"
 
 
 def stat_epilog() -> str:
@@ -366,8 +366,7 @@ def top_epilog() -> str:
 def set_epilog() -> str:
     return "\n\n".join([
         _listing("knobs (rw: settable, ro: read-only, action: write 1 to run it):",
-                 ((s.name, f"[{_knob_kind(s.name, s.writable, s.action)}] {s.ctl_doc}")
-                  for s in CONTROLS)),
+                 ((s.name, f"[{_kind(s)}] {s.ctl_doc}") for s in CONTROLS)),
         "Changes are logged by the daemon with old and new value and last until unmount\n"
         "(put them in -o options to make them permanent). Errors: unknown name,\n"
         "read-only, invalid value (the daemon log says why), permission denied.",
