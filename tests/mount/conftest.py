@@ -9,7 +9,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from mounting import Mount, ensure_fusectl
+
+from tests.support.mounting import Mount, ensure_fusectl
 
 MountFactory = Callable[..., Mount]
 

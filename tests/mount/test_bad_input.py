@@ -31,8 +31,8 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from mounting import Mount, force_unmount, is_fuse_mounted, settle
 
+from tests.support.mounting import Mount, force_unmount, is_fuse_mounted, settle
 from zcachefs.control import Controls
 
 ENOATTR = errno.ENODATA  # Linux spells ENOATTR this way

@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-from mounting import Mount, control_stats, settle
+
+from tests.support.mounting import Mount, control_stats, settle
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0,
                                 reason="needs root (/proc/sys/vm/drop_caches)")

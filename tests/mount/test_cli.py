@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from mounting import Mount, force_unmount, is_fuse_mounted, require_fuse, wait_until
+
+from tests.support.mounting import Mount, force_unmount, is_fuse_mounted, require_fuse, wait_until
 
 
 def zcachefs(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:

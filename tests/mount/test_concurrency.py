@@ -11,7 +11,7 @@ import re
 import threading
 from pathlib import Path
 
-from mounting import Mount
+from tests.support.mounting import Mount
 
 
 def read_direct(path: Path, blocks: int) -> None:

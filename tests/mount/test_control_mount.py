@@ -23,9 +23,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from mounting import Mount, control_stats
-from mounting import settle as settle_mount
 
+from tests.support.mounting import Mount, control_stats
+from tests.support.mounting import settle as settle_mount
+from tests.support.probe import FINISH, PRELUDE
 from zcachefs import control, stats
 from zcachefs.control import ACTIONS, KNOB_BY_NAME, KNOBS, Controls
 
@@ -35,7 +36,7 @@ PAGE = 4096
 OPTS = "page_size=4K,direct_io,memlimit=8M,cache_size=1M,pressure=off"
 CTL = ".zcachefs"
 UID, GID = 1000, 1000
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ENOATTR = errno.ENODATA  # Linux spells ENOATTR as ENODATA
 KNOB_NAMES = [k.name for k in KNOBS]
 COUNTER_NAMES = list(stats.COUNTERS)
@@ -751,16 +752,8 @@ def test_the_prometheus_reader_rejects_bad_text() -> None:
 
 # -- another user -----------------------------------------------------------------------
 
-PROBE = r'''
-import errno, json, os, sys
+PROBE = PRELUDE + r'''
 d = sys.argv[1]
-obs = {}
-def do(label, fn):
-    try:
-        v = fn()
-    except OSError as e:
-        v = "errno:" + errno.errorcode[e.errno]
-    obs[label] = v.decode() if isinstance(v, bytes) else v
 def write(name, value):
     fd = os.open(os.path.join(d, name), os.O_WRONLY)
     try:
@@ -780,8 +773,7 @@ do("setxattr-knob", lambda: os.setxattr(d, "user.zcachefs.memlimit", b"4M"))
 do("setxattr-action", lambda: os.setxattr(d, "user.zcachefs.drop_caches", b"1"))
 do("setxattr-counter", lambda: os.setxattr(d, "user.zcachefs.hits", b"1"))
 do("create", lambda: os.open(os.path.join(d, "x"), os.O_CREAT | os.O_WRONLY))
-json.dump(obs, sys.stdout)
-'''
+''' + FINISH
 
 
 @needs_setpriv

@@ -31,7 +31,9 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from mounting import Mount, force_unmount, is_fuse_mounted, wait_until
+
+from tests.support.control import ctl, set_ctl
+from tests.support.mounting import Mount, force_unmount, is_fuse_mounted, wait_until
 
 MountFactory = Callable[..., Mount]
 SOAK = os.environ.get("ZCACHEFS_SOAK") == "1"
@@ -56,18 +58,6 @@ def fio_errors(res: subprocess.CompletedProcess[str]) -> list[str]:
         errors += [f"{j['jobname']}: error {j['error']}" for j in report["jobs"]
                    if j["error"]]
     return errors
-
-
-def ctl(mnt: Path, name: str) -> int:
-    return int(float((mnt / ".zcachefs" / name).read_text()))
-
-
-def set_ctl(mnt: Path, name: str, value: str) -> None:
-    fd = os.open(mnt / ".zcachefs" / name, os.O_WRONLY)
-    try:
-        os.write(fd, value.encode() + b"\n")
-    finally:
-        os.close(fd)
 
 
 # -- kill -9 during writes ----------------------------------------------------------------

@@ -7,7 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
-from mounting import Mount, wait_until
+
+from tests.support.mounting import Mount, wait_until
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0,
                                 reason="needs root (/proc/sys/vm/drop_caches)")

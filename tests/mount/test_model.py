@@ -24,7 +24,8 @@ import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
-from mounting import Mount
+
+from tests.support.mounting import Mount
 
 NAMES = ["a", "b", "c", "d/x", "d/y", "e/z"]
 names = st.sampled_from(NAMES)

@@ -25,25 +25,17 @@ import sys
 from pathlib import Path
 
 import pytest
-from mounting import Mount
+
+from tests.support.mounting import Mount
+from tests.support.probe import FINISH, PRELUDE
 
 UID = GID = 1000
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
                                 reason="needs root and setpriv")
 
-PROBE = r'''
-import errno, json, os, sys, time
+PROBE = PRELUDE + r'''
+import time
 mnt, src, base = sys.argv[1], sys.argv[2], sys.argv[3]
-obs = {}
-
-def do(label, fn):
-    try:
-        v = fn()
-    except OSError as e:
-        v = "errno:" + errno.errorcode[e.errno]
-    if isinstance(v, bytes):
-        v = v.decode(errors="replace")
-    obs[label] = v
 
 def read(*parts):
     with open(os.path.join(mnt, *parts), "rb") as f:
@@ -125,8 +117,7 @@ time.sleep(1.5)  # past the kernel's entry and attribute timeouts
 do("swap-dir-later", lambda: read("swap", "d", "secret"))
 do("swap-dir-list-later", lambda: os.listdir(m("swap", "d")))
 do("swap-file-later", lambda: read("swap", "g"))
-json.dump(obs, sys.stdout)
-'''
+''' + FINISH
 
 SECRETS = ("TOPSECRET",)
 

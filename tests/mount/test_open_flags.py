@@ -16,7 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from mounting import Mount
+
+from tests.support.mounting import Mount
 
 MountFactory = Callable[..., Mount]
 

@@ -12,25 +12,17 @@ import sys
 from pathlib import Path
 
 import pytest
-from mounting import Mount
+
+from tests.support.mounting import Mount
+from tests.support.probe import FINISH, PRELUDE
 
 UID, GID, GROUP2 = 1000, 1000, 4243
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
                                 reason="needs root and setpriv")
 
 # Run as the other user; prints JSON observations (errno names on failure).
-PROBE = r'''
-import errno, json, os, sys
+PROBE = PRELUDE + r'''
 root = sys.argv[1]
-obs = []
-def do(label, fn):
-    try:
-        v = fn()
-    except OSError as e:
-        v = "errno:" + errno.errorcode[e.errno]
-    if isinstance(v, bytes):
-        v = v.decode()
-    obs.append([label, v])
 p = lambda *a: os.path.join(root, *a)
 def create(path):
     fd = os.open(path, os.O_CREAT | os.O_WRONLY, 0o644); os.close(fd)
@@ -67,8 +59,7 @@ do("setxattr-own", lambda: os.setxattr(p("rw_dir", "mine"), "user.x", b"1"))
 do("getxattr-own", lambda: os.getxattr(p("rw_dir", "mine"), "user.x"))
 do("mknod-fifo", lambda: os.mkfifo(p("rw_dir", "fifo")) or os.stat(p("rw_dir", "fifo")).st_uid)
 do("dotdot-escape", lambda: sorted(os.listdir(p("rw_dir", "..")))[:3])
-json.dump(obs, sys.stdout)
-'''
+''' + FINISH
 
 
 def populate(root: Path) -> None:
@@ -104,7 +95,7 @@ def probe(root: Path) -> list[list[object]]:
         ["setpriv", f"--reuid={UID}", f"--regid={GID}", f"--groups={GROUP2}",
          sys.executable, "-c", PROBE, str(root)],
         capture_output=True, text=True, timeout=60, check=True, cwd="/")
-    return json.loads(out.stdout)  # type: ignore[no-any-return]
+    return [[label, value] for label, value in json.loads(out.stdout).items()]
 
 
 def test_other_user_sees_same_permission_outcomes(world_tmp: Path) -> None:
@@ -156,16 +147,8 @@ NOSEARCH_DIRS = {"owner-0600": (0o600, NOBODY, 0), "group-0060": (0o060, 0, NOBO
                  "other-0006": (0o006, 0, 0), "owner-0477": (0o477, NOBODY, 0),
                  "group-0747": (0o747, 0, NOBODY), "other-0774": (0o774, 0, 0)}
 
-PRIV_PROBE = r'''
-import errno, json, os, sys
+PRIV_PROBE = PRELUDE + r'''
 root, modes, dirs = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
-obs = []
-def do(label, fn):
-    try:
-        v = fn()
-    except OSError as e:
-        v = "errno:" + errno.errorcode[e.errno]
-    obs.append([label, v])
 p = lambda *a: os.path.join(root, *a)
 mode = lambda path: oct(os.stat(path).st_mode)
 def append(path):
@@ -200,8 +183,7 @@ for name in dirs:
     do(f"open-dir-directory-flag-{name}",
        lambda: os.close(os.open(p(name), os.O_RDONLY | os.O_DIRECTORY)))
     do(f"stat-inside-{name}", lambda: os.stat(p(name, "inner")).st_size)
-json.dump(obs, sys.stdout)
-'''
+''' + FINISH
 
 
 def populate_privileged(root: Path) -> None:
@@ -227,7 +209,8 @@ def probe_privileged(root: Path) -> list[list[object]]:
          sys.executable, "-c", PRIV_PROBE, str(root), json.dumps(list(PRIV_MODES)),
          json.dumps(list(NOSEARCH_DIRS))],
         capture_output=True, text=True, timeout=60, check=True, cwd="/")
-    obs: list[list[object]] = json.loads(out.stdout)
+    obs: list[list[object]] = [[label, value]
+                               for label, value in json.loads(out.stdout).items()]
     # Root writes too: CAP_FSETID keeps the bits, on ext4 and through the mount.
     for m in PRIV_MODES:
         with open(root / f"r{m}", "ab") as f:

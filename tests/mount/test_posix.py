@@ -8,7 +8,8 @@ import os
 from pathlib import Path
 
 import pytest
-from scenarios import SCENARIOS, run_scenario
+
+from tests.support.scenarios import SCENARIOS, run_scenario
 
 
 def _json(obs: object) -> object:

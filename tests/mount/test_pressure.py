@@ -34,9 +34,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from mounting import Mount, is_fuse_mounted, require_fuse, wait_until
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.support import REPO
+from tests.support.cgroups import hierarchies
+from tests.support.control import ctl, set_ctl
+from tests.support.mounting import Mount, wait_until
+
 USEMEM = REPO / "scripts" / "usemem"
 MiB = 1 << 20
 PAGE = 4096
@@ -48,21 +51,9 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (cgroups, 
 # -- memory cgroups (v1 and v2) ---------------------------------------------------------
 
 
-def _mounts(fstype: str) -> list[tuple[str, str]]:
-    """(mount point, super options) of every mount of `fstype`."""
-    out = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            sep = fields.index("-")
-            if fields[sep + 1] == fstype:
-                out.append((fields[4], fields[sep + 3]))
-    return out
-
-
 def memory_hierarchy() -> tuple[int, Path] | None:
     """(version, root) of a mounted memory cgroup hierarchy; v2 preferred."""
-    for mnt, _ in _mounts("cgroup2"):
+    for mnt in [h.mountpoint for h in hierarchies() if h.fstype == "cgroup2"]:
         try:
             controllers = (Path(mnt) / "cgroup.controllers").read_text().split()
             subtree = (Path(mnt) / "cgroup.subtree_control").read_text().split()
@@ -70,9 +61,9 @@ def memory_hierarchy() -> tuple[int, Path] | None:
             continue
         if "memory" in controllers and "memory" in subtree:
             return 2, Path(mnt)
-    for mnt, opts in _mounts("cgroup"):
-        if "memory" in opts.split(","):
-            return 1, Path(mnt)
+    for h in hierarchies():
+        if h.fstype == "cgroup" and "memory" in h.options:
+            return 1, Path(h.mountpoint)
     return None
 
 
@@ -204,37 +195,11 @@ class CgroupMount(Mount):
         super().__init__(*args, **kw)  # type: ignore[arg-type]
         self.cgroup = cgroup
 
-    def start(self) -> CgroupMount:
-        require_fuse()
-        args = [*self.cgroup.launcher(), sys.executable, "-m", "zcachefs", "-f",
-                *self.extra_args]
-        if self.options:
-            args += ["-o", self.options]
-        args += [str(self.source), str(self.mountpoint)]
-        with open(self.log, "ab") as logf:
-            self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=logf,
-                                         stderr=logf, env=self.env)
-        wait_until(lambda: is_fuse_mounted(self.mountpoint) or self.proc is None
-                   or self.proc.poll() is not None)
-        if not is_fuse_mounted(self.mountpoint):
-            self.stop()
-            raise RuntimeError(f"zcachefs did not mount:\n{self.read_log()}")
-        return self
+    def argv(self) -> list[str]:
+        return [*self.cgroup.launcher(), *super().argv()]
 
 
 # -- helpers ---------------------------------------------------------------------------
-
-
-def ctl(mnt: Path, name: str) -> int:
-    return int(float((mnt / ".zcachefs" / name).read_text()))
-
-
-def set_ctl(mnt: Path, name: str, value: str) -> None:
-    fd = os.open(mnt / ".zcachefs" / name, os.O_WRONLY)
-    try:
-        os.write(fd, value.encode() + b"\n")
-    finally:
-        os.close(fd)
 
 
 def proc_status(pid: int) -> dict[str, int]:

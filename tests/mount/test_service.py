@@ -24,14 +24,16 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, NamedTuple
+from typing import IO
 
 import pytest
-from mounting import Mount, force_unmount, is_fuse_mounted, mount_entry, wait_until
 
+from tests.support import mountinfo
+from tests.support.mountinfo import MountInfo
+from tests.support.mounting import Mount, force_unmount, is_fuse_mounted, mount_entry, wait_until
 from zcachefs.options import parse_options, read_options_file
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "systemd" / "zcachefs@.service"
 MOUNT_EXAMPLE = REPO / "systemd" / "srv-data.mount.example"
 CONF_EXAMPLE = REPO / "systemd" / "zcachefs.conf.example"
@@ -443,23 +445,6 @@ def test_exec_start_pre_detaches_only_a_dead_zcachefs_mount(tmp_path: Path) -> N
 
 # -- mount(8), fstab and .mount units ------------------------------------------------
 
-class MountInfo(NamedTuple):
-    fstype: str
-    source: str
-    super_options: list[str]
-
-
-def parse_mountinfo(mountinfo: Path, target: Path) -> MountInfo | None:
-    """The topmost mount at `target` in a /proc/PID/mountinfo file."""
-    found = None
-    for line in mountinfo.read_text().splitlines():
-        fields = line.split()
-        sep = fields.index("-")
-        if fields[4] == str(target):
-            found = MountInfo(fields[sep + 1], fields[sep + 2], fields[sep + 3].split(","))
-    return found
-
-
 class MountNamespace:
     """A mount namespace of the tests' own, in which /usr/local/bin holds just our
     `zcachefs`.
@@ -504,7 +489,7 @@ class MountNamespace:
         return self.run(args, env=env, stderr=stderr)
 
     def entry(self, target: Path) -> MountInfo | None:
-        return parse_mountinfo(Path(f"/proc/{self.holder.pid}/mountinfo"), target)
+        return mountinfo.top(target, f"/proc/{self.holder.pid}/mountinfo")
 
     def processes(self) -> list[int]:
         """Live processes in the namespace besides the holder: the daemons."""

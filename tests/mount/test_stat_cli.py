@@ -18,8 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from mounting import Mount
-from test_control_mount import (
+
+from tests.mount.test_control_mount import (
     COUNTER_NAMES,
     KNOB_NAMES,
     OPTS,
@@ -33,7 +33,7 @@ from test_control_mount import (
     warm_up,
     zcachefs,
 )
-
+from tests.support.mounting import Mount
 from zcachefs import control, statcli, stats
 from zcachefs.control import ACTIONS, KNOBS
 

@@ -1,11 +1,16 @@
-"""Start and stop real zcachefs mounts for tests; never leave one behind.
+"""Start and stop real zcachefs mounts for tests and scripts; never leave one behind.
 
 Without fuse3 or /dev/fuse, `Mount.start` skips the test with the reason. A `Mount` runs
 the daemon in the foreground in a subprocess (stderr to a log file),
 waits for the mount to appear in /proc/self/mountinfo (never stat()ing the mountpoint,
 which hangs on a stuck daemon), and on teardown unmounts with `fusermount3 -u`, then
 aborts the connection through fusectl and `fusermount3 -uz` if the daemon is stuck,
-and reaps the process.
+and reaps the process. The one `start` serves every kind of mount: a subclass changes
+only the command line (`argv`: a cgroup launcher in front in tests/mount/test_pressure.py,
+a budget and ramfs.py in scripts/benchlib/run.py) and the class attributes below.
+
+Used by scripts/ too: pytest is imported only when a test is to be skipped. A Mount is
+driven from one thread.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Self
 
-import pytest
+from tests.support import mountinfo
 
 FUSECTL = Path("/sys/fs/fuse/connections")
 
@@ -40,20 +46,15 @@ def require_fuse() -> None:
     """Skip the calling test, with the reason, when real mounts cannot be made."""
     reason = fuse_missing()
     if reason is not None:
+        import pytest
+
         pytest.skip(reason)
 
 
 def mount_entry(mountpoint: str | os.PathLike[str]) -> tuple[str, str] | None:
     """(major:minor, fstype) of the mount at `mountpoint`, from /proc/self/mountinfo."""
-    target = os.path.abspath(mountpoint)
-    found = None
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            sep = fields.index("-")
-            if fields[4] == target:
-                found = (fields[2], fields[sep + 1])
-    return found
+    entry = mountinfo.top(os.path.abspath(mountpoint))
+    return None if entry is None else (entry.majmin, entry.fstype)
 
 
 def is_fuse_mounted(mountpoint: str | os.PathLike[str]) -> bool:
@@ -94,6 +95,9 @@ def wait_until(pred: object, timeout: float = 10.0, interval: float = 0.02) -> b
 class Mount:
     """One zcachefs daemon serving `source` at `mountpoint`."""
 
+    mount_timeout = 10.0  # seconds for the mount to appear in mountinfo
+    new_session = False  # start the daemon in a session of its own (scripts' budgets)
+
     def __init__(self, source: Path, mountpoint: Path, options: str = "",
                  log: Path | None = None, env: dict[str, str] | None = None,
                  extra_args: list[str] | None = None) -> None:
@@ -105,20 +109,33 @@ class Mount:
         self.extra_args = extra_args or []
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> Mount:
-        require_fuse()
+    def argv(self) -> list[str]:
+        """The daemon's command line: zcachefs in the foreground."""
         args = [sys.executable, "-m", "zcachefs", "-f", *self.extra_args]
         if self.options:
             args += ["-o", self.options]
-        args += [str(self.source), str(self.mountpoint)]
+        return [*args, str(self.source), str(self.mountpoint)]
+
+    def mount_error(self, ok: bool) -> str:
+        """The error when the daemon did not mount (`ok`: it exited or it mounted)."""
+        return f"zcachefs did not mount (ok={ok}):\n{self.read_log()}"
+
+    def check(self) -> None:
+        """Before starting: skip the test, with the reason, if mounts cannot be made."""
+        require_fuse()
+
+    def start(self) -> Self:
+        self.check()
         with open(self.log, "ab") as logf:
-            self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL,
-                                         stdout=logf, stderr=logf, env=self.env)
+            self.proc = subprocess.Popen(self.argv(), stdin=subprocess.DEVNULL,
+                                         stdout=logf, stderr=logf, env=self.env,
+                                         start_new_session=self.new_session)
         ok = wait_until(lambda: is_fuse_mounted(self.mountpoint)
-                        or self.proc is None or self.proc.poll() is not None)
+                        or self.proc is None or self.proc.poll() is not None,
+                        timeout=self.mount_timeout)
         if not is_fuse_mounted(self.mountpoint):
             self.stop()
-            raise RuntimeError(f"zcachefs did not mount (ok={ok}):\n{self.read_log()}")
+            raise RuntimeError(self.mount_error(ok))
         return self
 
     def read_log(self) -> str:
@@ -151,7 +168,7 @@ class Mount:
         force_unmount(self.mountpoint)
         return status
 
-    def __enter__(self) -> Mount:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

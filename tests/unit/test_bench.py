@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mounting import force_unmount, is_fuse_mounted, wait_until
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.support.mounting import force_unmount, is_fuse_mounted, wait_until
+
+REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO / "scripts"
 sys.path.insert(0, str(SCRIPTS))
 

@@ -9,8 +9,8 @@ import pytest
 from hypothesis import event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
-from test_pool import check_pool, make, noise, page, peek
 
+from tests.unit.test_pool import check_pool, make, noise, page, peek
 from zcachefs import codecs
 from zcachefs.cache import MAX_PENDING, Cache, FileState
 from zcachefs.pagecache import Key

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-PKG = Path(__file__).resolve().parent.parent / "zcachefs"
+PKG = Path(__file__).resolve().parents[2] / "zcachefs"
 CORE = ["options", "inodes", "backing", "logs", "notify", "codecs", "pool", "pagecache",
         "cache", "stats", "control"]
 FORBIDDEN = {"pyfuse3", "trio", "psutil"}

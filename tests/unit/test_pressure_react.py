@@ -171,7 +171,7 @@ def test_watcher_thread_acts_on_a_notification_while_the_loop_is_blocked() -> No
     import os
     import threading
 
-    from mounting import wait_until
+    from tests.support.mounting import wait_until
 
     cache = filled_cache()
     w = watcher(cache)  # min_free 100 MiB
