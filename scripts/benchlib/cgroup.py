@@ -204,9 +204,11 @@ class Budget:
         return int((m / name).read_text())
 
     def breakdown(self) -> dict[str, int]:
-        """What the budget holds now, in bytes: anonymous memory (anon), shared memory
-        (shmem: anonymous shared mappings, such as zcachefs's pool slabs) and page cache
-        proper (file: the kernel's cache of files, shmem excluded)."""
+        """What the budget holds now, in bytes, from memory.stat: anonymous memory (anon;
+        v1 rss: the daemon's heap, tier 1 and zcachefs's pool, whose slabs are private
+        anonymous mappings, MAP_PRIVATE | MAP_ANONYMOUS in zcachefs/pool.py), shared
+        memory (shmem: tmpfs and shm; zcachefs has none) and page cache proper (file: the
+        kernel's cache of files, shmem excluded)."""
         m = self.dirs["memory"]
         names = ({"cache": "file", "rss": "anon", "shmem": "shmem"} if self.mem.version == 1
                  else {"file": "file", "anon": "anon", "shmem": "shmem"})

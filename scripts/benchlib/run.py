@@ -1,5 +1,5 @@
-"""What scripts/bench and scripts/demo both run: signal handling that lets cleanup
-finish, dropping the kernel's caches, loading the tools outside the budget, a FUSE
+"""What scripts/bench and scripts/demo both run: the progress log, signal handling that
+lets cleanup finish, dropping the kernel's caches, loading the tools outside the budget, a FUSE
 daemon started inside a budget, and reading a mount's stats.json without hanging on
 a stuck daemon."""
 
@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,21 @@ from . import cgroup
 
 REPO = Path(__file__).resolve().parent.parent.parent
 MiB = 1 << 20
+
+
+class Log:
+    """Progress lines, timestamped from the start, on stdout and in a log file."""
+
+    def __init__(self, path: Path) -> None:
+        self.f = open(path, "a")  # noqa: SIM115  # closed at exit
+        self.t0 = time.monotonic()
+
+    def __call__(self, msg: str) -> None:
+        line = f"[{time.monotonic() - self.t0:7.1f}s] {msg}"
+        print(line, flush=True)
+        self.f.write(line + "\n")
+        self.f.flush()
+
 
 
 class Interrupted(BaseException):
