@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.client import parse_prometheus, zcachefs
 from tests.support.mounting import Mount, control_stats
 from tests.support.mounting import settle as settle_mount
 from tests.support.probe import FINISH, PRELUDE
@@ -95,15 +96,6 @@ def warm_up(m: Mount, pages: int = 1024, reads: int = 2) -> None:
     settle(m)
 
 
-def zcachefs(*args: str, user: bool = False, timeout: float = 60
-             ) -> subprocess.CompletedProcess[str]:
-    """Run the `zcachefs` command (as uid 1000 when `user`)."""
-    cmd = [sys.executable, "-m", "zcachefs", *args]
-    if user:
-        cmd = ["setpriv", f"--reuid={UID}", f"--regid={GID}", "--clear-groups", *cmd]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd="/")
-
-
 def logged(m: Mount, text: str) -> bool:
     return text in m.read_log()
 
@@ -129,48 +121,6 @@ def set_by(how: str, m: Mount, name: str, value: str) -> None:
 def state(m: Mount) -> dict[str, str]:
     """Everything the control surface shows (knobs and counters), as text."""
     return {n: ctl(m, n).read_text() for n in Controls.names() if not n.startswith("stats")}
-
-
-_SAMPLE = re.compile(r'([a-zA-Z_:][a-zA-Z0-9_:]*)'
-                     r'(\{(?:[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\[\\"n])*",?)*\})?'
-                     r' (\S+)')
-
-
-def parse_prometheus(text: str) -> dict[str, dict[str, object]]:
-    """A strict reader of the Prometheus text exposition format (version 0.0.4):
-    family -> {"help", "type", "samples": [(labels, value)]}. Asserts on anything
-    a scraper would reject: samples outside their family, TYPE after samples, a
-    second HELP or TYPE, a bad name, label set or value."""
-    assert text.endswith("\n")
-    families: dict[str, dict[str, object]] = {}
-    current = None
-    for line in text.splitlines():
-        if line.startswith("# HELP ") or line.startswith("# TYPE "):
-            _, word, name, rest = [*line.split(" ", 3), ""][:4]
-            assert re.fullmatch(r"[a-zA-Z_:][a-zA-Z0-9_:]*", name), line
-            fam = families.setdefault(name, {"samples": []})
-            key = word.lower()
-            assert key not in fam, f"second {word} for {name}"
-            if key == "type":
-                assert rest in ("counter", "gauge", "histogram", "summary", "untyped"), line
-                assert not fam["samples"], f"TYPE after samples of {name}"
-            else:
-                assert "\n" not in rest and not re.search(r"\\[^\\n]", rest), line
-            fam[key] = rest
-            current = name
-        elif line.startswith("#") or not line.strip():
-            continue
-        else:
-            match = _SAMPLE.fullmatch(line)
-            assert match, f"not a sample line: {line!r}"
-            name, labels, value = match.groups()
-            assert name == current, f"{name} outside its family (after {current})"
-            samples = families[name]["samples"]
-            assert isinstance(samples, list)
-            samples.append((labels or "", float(value)))
-    for name, fam in families.items():
-        assert "type" in fam and "help" in fam and fam["samples"], name
-    return families
 
 
 def metric(name: str) -> str:
