@@ -7,7 +7,7 @@ The tables sit between `<!-- generated: NAME -->` and `<!-- end generated: NAME 
 markers (NAME: knobs, counters, columns); the prose around them is left alone. They
 are built from control.KNOBS, stats.COUNTERS, the Prometheus rendering of a real
 Controls object and statcli.COLUMNS. --check changes nothing and exits 1 if FILE is
-out of date (tests/test_control_mount.py runs it).
+out of date (tests/mount/test_control_mount.py runs it).
 """
 
 from __future__ import annotations

@@ -236,9 +236,9 @@ def test_counters_move_under_a_workload(mount_factory: Callable[..., Mount]) -> 
     s = settle(m)
     seen.update({n: v for n, v in s.items() if v})
     # pressure_shrinks and reclaimed_pages need real memory pressure (tests/
-    # test_pressure.py makes some); reject_alloc_fail a failed mmap (tests/test_pool.py
+    # test_pressure.py makes some); reject_alloc_fail a failed mmap (tests/unit/test_pool.py
     # simulates one); backing_fallbacks a filesystem without RWF_DONTCACHE
-    # (tests/test_cache_mount.py forces the fallback).
+    # (tests/mount/test_cache_mount.py forces the fallback).
     quiet = {"pressure_shrinks", "reclaimed_pages", "reject_alloc_fail", "backing_fallbacks"}
     assert set(COUNTER_NAMES) - set(seen) == quiet
     assert all(s[name] == 0 for name in quiet)

@@ -599,7 +599,8 @@ def test_freed_pool_memory_leaves_the_process(how: str, scratch: Path, mount_fac
     else:
         set_ctl(mnt, "drop_caches", "1")
         assert wait_until(lambda: ctl(mnt, "stored_pages") == 0, 30)
-        # What may stay: the arena's spare slabs (256 KiB each, one per size class used).
+        # What may stay: the arena's spare slabs (256 KiB each at memlimit=128M, one per
+        # size class used).
         assert ctl(mnt, "mem_used_total") <= MiB
     freed = used0 - ctl(mnt, "mem_used_total")
     # RSS, not counters: at least 80% of what the pool says it freed left the process.
