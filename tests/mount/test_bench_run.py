@@ -24,6 +24,7 @@ from benchlib import workloads as wl  # scripts/: pyproject's pytest pythonpath
 
 from tests.support.bench import load_bench
 from tests.support.mounting import force_unmount, is_fuse_mounted, wait_until
+from tests.support.procs import kill_if_running
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPTS = REPO / "scripts"
@@ -84,9 +85,7 @@ def test_quick_run_produces_wellformed_results(workdir: Path, tmp_path: Path) ->
     try:
         out, _ = proc.communicate(timeout=1200)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        kill_if_running(proc)
         force_unmount(workdir / "mnt")
     text = out.decode(errors="replace")
     assert proc.returncode == 0, text[-3000:]
@@ -171,9 +170,7 @@ def test_interrupted_run_cleans_up(workdir: Path, tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=120)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        kill_if_running(proc)
         force_unmount(workdir / "mnt")
     assert proc.returncode == 130, out.decode(errors="replace")[-3000:]
     assert not _leftovers(workdir, proc.pid)
@@ -211,9 +208,7 @@ def _finish(proc: subprocess.Popen[bytes], workdir: Path, timeout: float) -> Non
     try:
         proc.wait(timeout=timeout)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        kill_if_running(proc)
         force_unmount(workdir / "mnt")
 
 

@@ -27,7 +27,7 @@ import pytest
 from tests.support.client import parse_prometheus, zcachefs
 from tests.support.mounting import Mount, control_stats
 from tests.support.mounting import settle as settle_mount
-from tests.support.probe import FINISH, PRELUDE
+from tests.support.probe import FINISH, PRELUDE, run_probe
 from zcachefs import control, stats
 from zcachefs.control import ACTIONS, KNOB_BY_NAME, KNOBS, Controls
 
@@ -94,6 +94,16 @@ def warm_up(m: Mount, pages: int = 1024, reads: int = 2) -> None:
     for _ in range(reads):
         assert read_all(m.mountpoint / "big") == data
     settle(m)
+
+
+def world_mount(mount_factory: Callable[..., Mount], world_tmp: Path) -> Mount:
+    """A mount (OPTS, allow_other) whose directories other users can traverse, warmed up."""
+    (world_tmp / "src").mkdir()
+    (world_tmp / "mnt").mkdir()
+    m = mount_factory(source=world_tmp / "src", mountpoint=world_tmp / "mnt",
+                      options=OPTS + ",allow_other")
+    warm_up(m)
+    return m
 
 
 def logged(m: Mount, text: str) -> bool:
@@ -729,15 +739,9 @@ do("create", lambda: os.open(os.path.join(d, "x"), os.O_CREAT | os.O_WRONLY))
 @needs_setpriv
 def test_another_user_reads_counters_but_cannot_turn_knobs(
         mount_factory: Callable[..., Mount], world_tmp: Path) -> None:
-    (world_tmp / "src").mkdir()
-    (world_tmp / "mnt").mkdir()
-    m = mount_factory(source=world_tmp / "src", mountpoint=world_tmp / "mnt",
-                      options=OPTS + ",allow_other")
-    warm_up(m)
+    m = world_mount(mount_factory, world_tmp)
     before = state(m)
-    out = subprocess.run(["setpriv", f"--reuid={UID}", f"--regid={GID}", "--clear-groups",
-                          sys.executable, "-c", PROBE, str(ctl(m))],
-                         capture_output=True, text=True, timeout=60, check=True, cwd="/")
+    out = run_probe(PROBE, str(ctl(m)), uid=UID, gid=GID)
     obs = json.loads(out.stdout)
     assert float(obs["read-file"]) == float(before["hits"]) > 0
     assert obs["read-json"] == len(COUNTER_NAMES)

@@ -20,14 +20,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.support.mounting import Mount
-from tests.support.probe import FINISH, PRELUDE
+from tests.support.probe import FINISH, PRELUDE, run_probe
 
 UID = GID = 1000
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
@@ -171,10 +169,8 @@ def test_no_escape_through_modes_symlinks_or_dotdot(base: Path) -> None:
     src, mnt = populate(base)
     before = outside_state(base)
     with Mount(src, mnt, "allow_other", log=base / "daemon.log"):
-        res = subprocess.run(
-            ["setpriv", f"--reuid={UID}", f"--regid={GID}", "--clear-groups",
-             sys.executable, "-c", PROBE, str(mnt), str(src), str(base), str(UID)],
-            capture_output=True, text=True, timeout=120, cwd="/")
+        res = run_probe(PROBE, str(mnt), str(src), str(base), str(UID), uid=UID, gid=GID,
+                        timeout=120, check=False)
         assert res.returncode == 0, res.stderr
         obs: dict[str, object] = json.loads(res.stdout)
         after_private = (src / "private").read_bytes()
@@ -228,11 +224,9 @@ def test_no_escape_through_modes_symlinks_or_dotdot(base: Path) -> None:
 def test_owner_can_set_the_times_of_a_symlink(base: Path) -> None:
     src, mnt = populate(base)
     with Mount(src, mnt, "allow_other", log=base / "daemon.log"):
-        res = subprocess.run(
-            ["setpriv", f"--reuid={UID}", f"--regid={GID}", "--clear-groups", sys.executable,
-             "-c", "import os, sys; p = os.path.join(sys.argv[1], 'rw_dir', 'l'); "
-                   "os.symlink('public', p); os.utime(p, (5, 5), follow_symlinks=False)",
-             str(mnt)], capture_output=True, text=True, timeout=60, cwd="/")
+        res = run_probe("import os, sys; p = os.path.join(sys.argv[1], 'rw_dir', 'l'); "
+                        "os.symlink('public', p); os.utime(p, (5, 5), follow_symlinks=False)",
+                        str(mnt), uid=UID, gid=GID, check=False)
     assert res.returncode == 0, res.stderr
     assert os.lstat(src / "rw_dir" / "l").st_mtime == 5
     assert os.stat(src / "public").st_mtime != 5

@@ -8,13 +8,13 @@ import json
 import os
 import shutil
 import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.support.mounting import Mount
-from tests.support.probe import FINISH, PRELUDE
+from tests.support.probe import FINISH, PRELUDE, run_probe
 
 UID, GID, GROUP2 = 1000, 1000, 4243
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
@@ -90,21 +90,25 @@ def populate(root: Path) -> None:
     (root / "private_dir" / "inner").write_bytes(b"")
 
 
-def probe(root: Path) -> list[list[object]]:
-    out = subprocess.run(
-        ["setpriv", f"--reuid={UID}", f"--regid={GID}", f"--groups={GROUP2}",
-         sys.executable, "-c", PROBE, str(root)],
-        capture_output=True, text=True, timeout=60, check=True, cwd="/")
-    return [[label, value] for label, value in json.loads(out.stdout).items()]
-
-
-def test_other_user_sees_same_permission_outcomes(world_tmp: Path) -> None:
+def plain_and_source(world_tmp: Path, fill: Callable[[Path], None]
+                     ) -> tuple[Path, Path, Path]:
+    """(plain, src, mnt) in `world_tmp`: the plain directory and SOURCE filled alike."""
     plain, src, mnt = world_tmp / "plain", world_tmp / "src", world_tmp / "mnt"
     for d in (plain, src, mnt):
         d.mkdir()
     os.chmod(mnt, 0o755)
-    populate(plain)
-    populate(src)
+    fill(plain)
+    fill(src)
+    return plain, src, mnt
+
+
+def probe(root: Path) -> list[list[object]]:
+    out = run_probe(PROBE, str(root), uid=UID, gid=GID, groups=f"--groups={GROUP2}")
+    return [[label, value] for label, value in json.loads(out.stdout).items()]
+
+
+def test_other_user_sees_same_permission_outcomes(world_tmp: Path) -> None:
+    plain, src, mnt = plain_and_source(world_tmp, populate)
     with Mount(src, mnt, "allow_other", log=world_tmp / "daemon.log"):
         expected = probe(plain)
         got = probe(mnt)
@@ -204,11 +208,8 @@ def populate_privileged(root: Path) -> None:
 
 
 def probe_privileged(root: Path) -> list[list[object]]:
-    out = subprocess.run(
-        ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-         sys.executable, "-c", PRIV_PROBE, str(root), json.dumps(list(PRIV_MODES)),
-         json.dumps(list(NOSEARCH_DIRS))],
-        capture_output=True, text=True, timeout=60, check=True, cwd="/")
+    out = run_probe(PRIV_PROBE, str(root), json.dumps(list(PRIV_MODES)),
+                    json.dumps(list(NOSEARCH_DIRS)), uid=NOBODY, gid=NOBODY)
     obs: list[list[object]] = [[label, value]
                                for label, value in json.loads(out.stdout).items()]
     # Root writes too: CAP_FSETID keeps the bits, on ext4 and through the mount.
@@ -224,12 +225,7 @@ def test_setuid_bits_and_unsearchable_directories_as_on_ext4(world_tmp: Path) ->
     clears the bits (the kernel asks the daemon to, with a chmod in the writer's name);
     a chown by the owner clears them, a refused chown leaves them; a non-owner's own
     chmod is refused. A directory the caller may read but not search opens."""
-    plain, src, mnt = world_tmp / "plain", world_tmp / "src", world_tmp / "mnt"
-    for d in (plain, src, mnt):
-        d.mkdir()
-    os.chmod(mnt, 0o755)
-    populate_privileged(plain)
-    populate_privileged(src)
+    plain, src, mnt = plain_and_source(world_tmp, populate_privileged)
     with Mount(src, mnt, "allow_other", log=world_tmp / "daemon.log") as m:
         expected = probe_privileged(plain)
         got = probe_privileged(mnt)

@@ -29,9 +29,11 @@ from tests.mount.test_control_mount import (
     state,
     stats_json,
     warm_up,
+    world_mount,
 )
 from tests.support.client import parse_prometheus, zcachefs
 from tests.support.mounting import Mount
+from tests.support.procs import kill_if_running
 from zcachefs import control, statcli, stats
 from zcachefs.control import ACTIONS, KNOBS
 
@@ -129,9 +131,7 @@ def test_stat_watch_repeats_until_interrupted(zmount: Mount, tmp_path: Path) -> 
             proc.send_signal(signal.SIGINT)
             _, err = proc.communicate(timeout=30)
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            kill_if_running(proc)
         assert proc.returncode == 0, err
         assert "Traceback" not in err
 
@@ -249,11 +249,7 @@ def test_drop_empties_the_caches(two: tuple[Mount, Mount]) -> None:
 @needs_setpriv
 def test_another_user_can_stat_but_not_set(mount_factory: Callable[..., Mount],
                                            world_tmp: Path) -> None:
-    (world_tmp / "src").mkdir()
-    (world_tmp / "mnt").mkdir()
-    m = mount_factory(source=world_tmp / "src", mountpoint=world_tmp / "mnt",
-                      options=OPTS + ",allow_other")
-    warm_up(m)
+    m = world_mount(mount_factory, world_tmp)
     s = settle(m)
     before = state(m)
     r = zcachefs("stat", str(m.mountpoint), user=True)
@@ -362,9 +358,7 @@ def test_live_view_redraws_in_place_on_a_terminal(mount_factory: Callable[..., M
         assert proc.wait(timeout=30) == 0
         reader.thread.join(timeout=10)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        kill_if_running(proc)
         os.close(master)
     text = reader.text()
     assert text.startswith(statcli.HIDE_CURSOR)
@@ -392,9 +386,7 @@ def test_top_is_the_live_view_one_line_per_interval(zmount: Mount, tmp_path: Pat
             proc.send_signal(signal.SIGINT)
             _, err = proc.communicate(timeout=30)
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            kill_if_running(proc)
         assert proc.returncode == 0 and "Traceback" not in err, (cmd, err)
         lines = [line for line in out.read_text().splitlines() if f" {mp} " in line]
         assert all(re.fullmatch(r"\S+ \S+ hit%=\S+ total%=\S+ hits/s=\S+ misses/s=\S+ "
