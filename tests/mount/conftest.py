@@ -1,4 +1,7 @@
-"""Shared fixtures: real mounts that are always unmounted and reaped in teardown."""
+"""The mount tier's fixtures: real mounts that are always unmounted and reaped in
+teardown (tests.support.mounting.Mount). Without fusermount3 or /dev/fuse (or the right
+to open it), making a mount skips the test with the reason; tests that need root or
+setpriv say so in their own skip marks."""
 
 from __future__ import annotations
 
