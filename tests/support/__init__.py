@@ -5,10 +5,13 @@ bench_passthrough.py), each written once:
   mount's counters;
 - `mountinfo`: the one parser of /proc/PID/mountinfo lines;
 - `control`: read and write a live mount's control files (`ctl`, `set_ctl`);
-- `probe`: the prelude of the small scripts that tests run as another user;
+- `probe`: the small scripts that tests run as another user (prelude, runner);
 - `cgroups`: find the mounted cgroup hierarchies (tests/mount/test_pressure.py and
   scripts/benchlib/cgroup.py);
-- `scenarios`: the POSIX scenarios of the differential test (also a script).
+- `scenarios`: the POSIX scenarios of the differential test (also a script);
+- `client`: run the `zcachefs` command, read Prometheus text strictly;
+- `procs`: no child process outlives its test;
+- `bench`: scripts/bench loaded as a module, for the tests of its pieces.
 
 How it is imported: as the package `tests.support`, from the repository root. pytest puts
 the root on sys.path itself (tests/ is a package, rootdir-based "prepend" import mode).
