@@ -18,8 +18,8 @@ the root on sys.path itself (tests/ is a package, rootdir-based "prepend" import
 For scripts/, `make venv` writes a .pth file into the checkout's own .venv that names the
 checkout (Makefile, target $(STAMP)), so any program the venv's Python runs can
 `import tests.support.mounting`; `make install` installs only the zcachefs package and
-never ships these. Nothing here imports pytest at module level (scripts use it too), and
-nothing imports zcachefs's engine modules: a helper that needs zcachefs imports it inside.
+never ships these. Nothing here imports pytest at module level (scripts use it too) or
+any of zcachefs: the helpers talk to a mount as a program would.
 """
 
 from __future__ import annotations
