@@ -7,30 +7,43 @@ BIN    := $(VENV)/bin
 PREFIX ?= /usr/local
 STAMP  := $(VENV)/.installed
 
-.PHONY: deps venv test test-fast lint demo soak install uninstall clean
+.PHONY: deps venv test test-fast test-unit test-adapter lint demo soak install uninstall clean
 
 deps:
 	WITH_SYSTEMD=1 scripts/install-deps
 
+# The .pth file names this checkout on the venv's sys.path, so that scripts/ (run by the
+# venv's Python) import the tests' shared helpers as the package tests.support, as the
+# tests do; it is the venv's alone: `make install` ships only the zcachefs package.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[test]'
+	echo '$(CURDIR)' > "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/zcachefs-checkout.pth"
 	touch $(STAMP)
 
 venv: deps $(STAMP)
 
 lint: venv
-	$(BIN)/ruff check zcachefs tests scripts/*.py
+	$(BIN)/ruff check zcachefs tests scripts/*.py scripts/benchlib scripts/bench scripts/demo
 	$(BIN)/mypy
 
-# The default suite: everything but the tests marked slow (those run in `make soak`).
-# Tests that need root, fuse3 or /dev/fuse skip with the reason when these are missing.
+# The default suite: everything but the tests marked slow (those run in `make soak`):
+# tests/unit, tests/adapter and tests/mount (pyproject's testpaths). Tests that need root,
+# fuse3 or /dev/fuse skip with the reason when these are missing.
 test: venv lint
 	$(BIN)/pytest -q -m 'not slow'
 
 test-fast: venv
 	$(BIN)/pytest -q -m 'not slow'
+
+# One tier at a time: the pure core in process (seconds; no mounts, no root), and
+# fs.Operations in process under pytest-trio (no kernel).
+test-unit: venv
+	$(BIN)/pytest -q -m 'not slow' tests/unit
+
+test-adapter: venv
+	$(BIN)/pytest -q -m 'not slow' tests/adapter
 
 demo: venv
 	PATH=$(CURDIR)/$(BIN):$$PATH scripts/demo

@@ -20,10 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))
-sys.path.insert(0, str(HERE.parent))
-from mounting import (  # noqa: E402
+# Run with the checkout's .venv (`make venv`): its Python imports zcachefs and the tests'
+# shared helpers as packages (tests/support/__init__.py says how).
+from tests.support.mounting import (
     Mount,
     control_stats,
     force_unmount,
@@ -31,10 +30,10 @@ from mounting import (  # noqa: E402
     settle,
     wait_until,
 )
+from zcachefs import codecs
 
+HERE = Path(__file__).resolve().parent
 stats = control_stats
-
-from zcachefs import codecs  # noqa: E402
 
 PAGE = 4096
 

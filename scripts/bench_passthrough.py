@@ -13,14 +13,14 @@ import json
 import os
 import platform
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from mounting import Mount
+# Run with the checkout's .venv (`make venv`): its Python imports the tests' shared
+# helpers as a package (tests/support/__init__.py says how).
+from tests.support.mounting import Mount
 
 
 def fio(path: Path, rw: str, bs: str, runtime: int, direct: bool, jobs: int = 1) -> dict:

@@ -8,7 +8,7 @@ markers (NAME: knobs, counters, columns); the prose around them is left alone. T
 are built from settings.CONTROLS (the control directory's rows of the settings
 table), stats.COUNTERS, the Prometheus metric names of stats.py and client.COLUMNS.
 --check changes nothing and exits 1 if FILE is out of date
-(tests/test_control_mount.py runs it).
+(tests/mount/test_control_mount.py runs it).
 """
 
 from __future__ import annotations

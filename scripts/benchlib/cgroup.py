@@ -5,7 +5,8 @@ throttles reads of one block device, in whichever hierarchy each controller is m
 cgroup v2 (`memory.max`, `memory.peak`, `io.max`, `io.stat`) on most machines, or the
 v1 `memory` and `blkio` hierarchies (`memory.limit_in_bytes`,
 `memory.max_usage_in_bytes`, `blkio.throttle.read_{bps,iops}_device`). `detect()`
-finds them from /proc/self/mountinfo; a controller that is missing is an error, never
+finds them from /proc/self/mountinfo (through tests.support.cgroups, which
+tests/mount/test_pressure.py uses too); a controller that is missing is an error, never
 a silent unbudgeted run.
 
 Processes join by `wrap(cmd)`: a shell writes its PID into every cgroup.procs, then
@@ -24,6 +25,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.support import mountinfo
+from tests.support.cgroups import hierarchies
+
 PREFIX = "zcachefs-bench-"
 
 
@@ -38,24 +42,11 @@ class Controller:
     root: Path  # the hierarchy's mount point
 
 
-def _mounts() -> list[tuple[str, str, set[str]]]:
-    """(mount point, fs type, super options) of every cgroup mount."""
-    out = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            sep = fields.index("-")
-            fstype = fields[sep + 1]
-            if fstype in ("cgroup", "cgroup2"):
-                opts = set(fields[sep + 3].split(",")) if len(fields) > sep + 3 else set()
-                out.append((fields[4].replace("\\040", " "), fstype, opts))
-    return out
-
-
 def detect() -> dict[str, Controller]:
     """The memory and io controllers, preferring cgroup v2 where it has them."""
     found: dict[str, Controller] = {}
-    for mnt, fstype, _ in _mounts():
+    for h in hierarchies():
+        mnt, fstype = h.mountpoint, h.fstype
         if fstype != "cgroup2":
             continue
         try:
@@ -65,7 +56,8 @@ def detect() -> dict[str, Controller]:
         for name in ("memory", "io"):
             if name in controllers and name not in found:
                 found[name] = Controller(name, 2, Path(mnt))
-    for mnt, fstype, opts in _mounts():
+    for h in hierarchies():
+        mnt, fstype, opts = h.mountpoint, h.fstype, h.options
         if fstype != "cgroup":
             continue
         if "memory" in opts and "memory" not in found:
@@ -92,14 +84,11 @@ def block_device(path: Path) -> tuple[int, int, str]:
         # btrfs, overlay...: st_dev is anonymous; take the mount's source device.
         best, source = "", ""
         target = os.path.realpath(path)
-        with open("/proc/self/mountinfo") as f:
-            for line in f:
-                fields = line.split()
-                mnt = fields[4]
-                sep = fields.index("-")
-                if (target == mnt or target.startswith(mnt.rstrip("/") + "/")) and \
-                        len(mnt) >= len(best):
-                    best, source = mnt, fields[sep + 2]
+        for entry in mountinfo.read():
+            mnt = entry.mountpoint
+            if (target == mnt or target.startswith(mnt.rstrip("/") + "/")) and \
+                    len(mnt) >= len(best):
+                best, source = mnt, entry.source
         try:
             rdev = os.stat(source).st_rdev if source.startswith("/dev/") else 0
         except OSError:
@@ -215,9 +204,11 @@ class Budget:
         return int((m / name).read_text())
 
     def breakdown(self) -> dict[str, int]:
-        """What the budget holds now, in bytes: anonymous memory (anon), shared memory
-        (shmem: anonymous shared mappings, such as zcachefs's pool slabs) and page cache
-        proper (file: the kernel's cache of files, shmem excluded)."""
+        """What the budget holds now, in bytes, from memory.stat: anonymous memory (anon;
+        v1 rss: the daemon's heap, tier 1 and zcachefs's pool, whose slabs are private
+        anonymous mappings, MAP_PRIVATE | MAP_ANONYMOUS in zcachefs/pool.py), shared
+        memory (shmem: tmpfs and shm; zcachefs has none) and page cache proper (file: the
+        kernel's cache of files, shmem excluded)."""
         m = self.dirs["memory"]
         names = ({"cache": "file", "rss": "anon", "shmem": "shmem"} if self.mem.version == 1
                  else {"file": "file", "anon": "anon", "shmem": "shmem"})

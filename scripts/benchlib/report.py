@@ -81,6 +81,7 @@ def workload_table(wname: str, title: str, unit: str, rows: dict[str, Any],
         mbps = _fmt(r["read_mbps"], ",.1f")
         hit = r.get("hit_ratio")
         mem = r.get("cgroup_memory") or {}
+        # memory.stat's anon (the pool's private anonymous slabs included), shmem, file.
         split = "/".join(_mib(mem.get(k)) for k in ("anon", "shmem", "file")) if mem else "-"
         lines.append(
             f"| {label} | {mbps} | {iops} | {_fmt(r.get('vs_plain'), '.2f')} | "

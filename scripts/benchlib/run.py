@@ -1,5 +1,5 @@
-"""What scripts/bench and scripts/demo both run: signal handling that lets cleanup
-finish, dropping the kernel's caches, loading the tools outside the budget, a FUSE
+"""What scripts/bench and scripts/demo both run: the progress log, signal handling that
+lets cleanup finish, dropping the kernel's caches, loading the tools outside the budget, a FUSE
 daemon started inside a budget, and reading a mount's stats.json without hanging on
 a stuck daemon."""
 
@@ -11,17 +11,31 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
+
+from tests.support.mounting import Mount, is_fuse_mounted
 
 from . import cgroup
 
 REPO = Path(__file__).resolve().parent.parent.parent
 MiB = 1 << 20
-if str(REPO / "tests") not in sys.path:
-    sys.path.insert(0, str(REPO / "tests"))
 
-from mounting import Mount, is_fuse_mounted, wait_until  # noqa: E402
+
+class Log:
+    """Progress lines, timestamped from the start, on stdout and in a log file."""
+
+    def __init__(self, path: Path) -> None:
+        self.f = open(path, "a")  # noqa: SIM115  # closed at exit
+        self.t0 = time.monotonic()
+
+    def __call__(self, msg: str) -> None:
+        line = f"[{time.monotonic() - self.t0:7.1f}s] {msg}"
+        print(line, flush=True)
+        self.f.write(line + "\n")
+        self.f.flush()
+
 
 
 class Interrupted(BaseException):
@@ -81,26 +95,27 @@ def human(n: float) -> str:
 # -- the daemon in the budget -----------------------------------------------------------
 
 class BudgetMount(Mount):
-    """A FUSE daemon (zcachefs or ramfs) started inside a budget; tests/mounting.py's
-    Mount does the unmounting (fusermount3 -u, abort + -uz when stuck, reap)."""
+    """A FUSE daemon (zcachefs or ramfs) started inside a budget, in a session of its
+    own; tests.support.mounting's Mount starts it and does the unmounting (fusermount3
+    -u, abort + -uz when stuck, reap)."""
+
+    new_session = True
 
     def __init__(self, cmd: list[str], mountpoint: Path, log: Path,
                  budget: cgroup.Budget | cgroup.NoBudget, timeout: float) -> None:
         super().__init__(Path("/"), mountpoint, log=log)
         self.cmd = cmd
         self.budget = budget
-        self.timeout = timeout
+        self.mount_timeout = timeout
 
-    def start(self) -> BudgetMount:
-        with open(self.log, "ab") as logf:
-            self.proc = subprocess.Popen(self.budget.wrap(self.cmd), stdin=subprocess.DEVNULL,
-                                         stdout=logf, stderr=logf, start_new_session=True)
-        wait_until(lambda: is_fuse_mounted(self.mountpoint)
-                   or self.proc is None or self.proc.poll() is not None, timeout=self.timeout)
-        if not is_fuse_mounted(self.mountpoint):
-            self.stop()
-            raise RuntimeError(f"{self.cmd[1]} did not mount:\n{self.read_log()[-2000:]}")
-        return self
+    def argv(self) -> list[str]:
+        return self.budget.wrap(self.cmd)
+
+    def check(self) -> None:
+        """The bench checked fuse3 and root itself: nothing to skip here."""
+
+    def mount_error(self, ok: bool) -> str:
+        return f"{self.cmd[1]} did not mount:\n{self.read_log()[-2000:]}"
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None and \
