@@ -13,7 +13,8 @@ runs); so does an external `fusermount3 -u`.
 
 The background tasks (tasks.Compressor, tasks.HeapTrimmer, pressure.PressureWatcher and
 the signal watcher) run in the nursery `_serve` owns; it is cancelled once the session
-ends. Imports pyfuse3 and trio; runs in the main thread.
+ends. Imports pyfuse3 and trio (psutil through pressure); only the command line (cli)
+imports it. Runs in the main thread.
 """
 
 from __future__ import annotations
