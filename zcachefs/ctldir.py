@@ -5,8 +5,8 @@ files, and the xattr names `user.zcachefs.<name>` on it, all fed by `control.Con
 It never reaches SOURCE. The adapter (fs) asks `owns(nodeid)` / `owns_handle(fh)` once
 per request and hands the request here.
 
-Errors are raised as OSError(errno) (`fs` turns them into FUSEError, as for SOURCE's);
-a rejected control write is logged here. Node ids: CONTROL_BASE for the directory,
+A refusal is raised as `Refused` (an OSError with the errno; `fs` turns it into
+FUSEError); a rejected control write is logged here. Node ids: CONTROL_BASE for the directory,
 then one per name of `Controls.names()`, in that order. Handles: DIR_FH for the
 directory, FH_BASE and up for its open files (real descriptors are far below).
 
@@ -47,8 +47,12 @@ class CtlHandle:
     content: bytes  # snapshot taken at open, so a sequential read is consistent
 
 
-def _refuse(code: int) -> OSError:
-    return OSError(code, os.strerror(code))
+class Refused(OSError):
+    """A request on the control directory refused with an errno (fs answers with it)."""
+
+
+def _refuse(code: int) -> Refused:
+    return Refused(code, os.strerror(code))
 
 
 class ControlDir:

@@ -6,8 +6,7 @@ backing.Backing (SOURCE), cache.Cache, or ctldir.ControlDir when `ctl.owns(nodei
 (`owns_handle(fh)`). Blocking calls on SOURCE run in worker threads (trio.to_thread,
 bounded by a CapacityLimiter of `threads`; workers.Workers is their thread side) under
 the caller's credentials. Reads first try preadv(RWF_NOWAIT) on the trio thread: when
-the backing page cache has the data, that costs no thread hop. The handlers only wake
-the background compressor (tasks.Compressor, run by `mount`).
+the backing page cache has the data, that costs no thread hop.
 
 Concurrency rule (S3QL's): code between two awaits is a critical section. Table
 updates never straddle an await; after an await, state is looked up again.
@@ -36,7 +35,7 @@ from . import backing
 from .backing import POLICY_XATTR, Backing, Caller
 from .cache import Cache, ReadPlan
 from .control import Controls
-from .ctldir import ControlDir
+from .ctldir import ControlDir, Refused
 from .entries import Entries
 from .handles import DirHandle, FileHandle, Handles
 from .inodes import Inode, InodeTable
@@ -50,7 +49,6 @@ T = TypeVar("T")
 # How many directory entries one worker call looks up for readdirplus: large enough to
 # amortize the thread hop (~50 us), small enough that a full reply buffer wastes little.
 _READDIR_BATCH = 128
-_CAPABILITY = b"security.capability"
 
 
 def _caller(ctx: pyfuse3.RequestContext) -> Caller | None:
@@ -112,11 +110,18 @@ class Operations(pyfuse3.Operations):
 
     @staticmethod
     def _now(fn: Callable[..., T], *args: Any) -> T:
-        """A call on the trio thread (the control directory, or a system call that cannot
-        block); OSError becomes FUSEError."""
+        """A system call that cannot block, on the trio thread; OSError becomes FUSEError."""
         try:
             return fn(*args)
         except OSError as exc:
+            raise FUSEError(exc.errno or errno.EIO) from None
+
+    @staticmethod
+    def _ctl(fn: Callable[..., T], *args: Any) -> T:
+        """A request on the control directory; what it refuses becomes FUSEError."""
+        try:
+            return fn(*args)
+        except Refused as exc:
             raise FUSEError(exc.errno or errno.EIO) from None
 
     def _control_changed(self) -> None:
@@ -138,7 +143,7 @@ class Operations(pyfuse3.Operations):
     async def lookup(self, parent_inode: pyfuse3.InodeT, name: pyfuse3.FileNameT,
                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         if self.ctl.owns(parent_inode) or self.ctl.shadows(parent_inode, name):
-            return self._now(self.ctl.lookup, parent_inode, name)
+            return self._ctl(self.ctl.lookup, parent_inode, name)
         parent = self._inode(parent_inode)
         if name == b"." or (name == b".." and parent is self.inodes.root):
             name = cast(pyfuse3.FileNameT, b".")
@@ -173,7 +178,7 @@ class Operations(pyfuse3.Operations):
                       fields: pyfuse3.SetattrFields, fh: pyfuse3.FileHandleT | None,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         if self.ctl.owns(inode):
-            return self._now(self.ctl.setattr, inode, bool(
+            return self._ctl(self.ctl.setattr, inode, bool(
                 fields.update_mode or fields.update_uid or fields.update_gid))
         node = self._inode(inode)
         handle = self.files.get(fh) if fh is not None else None
@@ -276,7 +281,7 @@ class Operations(pyfuse3.Operations):
     async def open(self, inode: pyfuse3.InodeT, flags: int,
                    ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         if self.ctl.owns(inode):
-            return self._now(self.ctl.open, inode, flags, ctx.uid)
+            return self._ctl(self.ctl.open, inode, flags, ctx.uid)
         node = self._inode(inode)
         fd, st, off = await self._run(_caller(ctx), self.backing.open, node.ref, flags)
         if st.st_nlink == 0 and not node.gone and stat_mod.S_ISREG(st.st_mode):
@@ -346,7 +351,7 @@ class Operations(pyfuse3.Operations):
     async def write(self, fh: pyfuse3.FileHandleT, off: int, buf: bytes) -> int:
         handle = self.files.get(fh)
         if handle is None:
-            return self._now(self.ctl.write, fh, buf)
+            return self._ctl(self.ctl.write, fh, buf)
         # Drop what the write makes stale before and after it, and move the version
         # so a read that overlaps the write does not cache what it read. After it,
         # the pages it wrote are cached (write-allocate; partial pages merged).
@@ -368,9 +373,8 @@ class Operations(pyfuse3.Operations):
 
     async def fsync(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
         handle = self.files.get(fh)
-        if handle is None:
-            return
-        await self._run(None, os.fdatasync if datasync else os.fsync, handle.fd)
+        if handle is not None:  # (a control file: nothing to do)
+            await self._run(None, os.fdatasync if datasync else os.fsync, handle.fd)
 
     async def release(self, fh: pyfuse3.FileHandleT) -> None:
         if self.ctl.owns_handle(fh):
@@ -385,7 +389,7 @@ class Operations(pyfuse3.Operations):
     async def opendir(self, inode: pyfuse3.InodeT,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.FileHandleT:
         if self.ctl.owns(inode):
-            return cast(pyfuse3.FileHandleT, self._now(self.ctl.opendir, inode))
+            return cast(pyfuse3.FileHandleT, self._ctl(self.ctl.opendir, inode))
         node = self._inode(inode)
         fd = await self._run(_caller(ctx), self.backing.opendir, node.ref)
         self.dirs[fd] = DirHandle(fd, node)
@@ -453,9 +457,9 @@ class Operations(pyfuse3.Operations):
     async def getxattr(self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT,
                        ctx: pyfuse3.RequestContext) -> bytes:
         if self.ctl.owns(inode):
-            return self._now(self.ctl.getxattr, inode, name)
+            return self._ctl(self.ctl.getxattr, inode, name)
         node = self._inode(inode)
-        if name == _CAPABILITY:
+        if name == b"security.capability":
             # The kernel asks for it before every write to a file (to drop it on a
             # write); reading security.* needs no permission, so when the file is open
             # the answer comes from its descriptor here, without a thread hop.
@@ -467,7 +471,7 @@ class Operations(pyfuse3.Operations):
     async def setxattr(self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT, value: bytes,
                        ctx: pyfuse3.RequestContext) -> None:
         if self.ctl.owns(inode):
-            return self._now(self.ctl.setxattr, inode, name, value, ctx.uid)
+            return self._ctl(self.ctl.setxattr, inode, name, value, ctx.uid)
         node = self._inode(inode)
         if name == POLICY_XATTR.encode():
             choice = value.strip().lower()
@@ -488,7 +492,7 @@ class Operations(pyfuse3.Operations):
     async def removexattr(self, inode: pyfuse3.InodeT, name: pyfuse3.XAttrNameT,
                           ctx: pyfuse3.RequestContext) -> None:
         if self.ctl.owns(inode):
-            return self._now(self.ctl.removexattr, inode)
+            return self._ctl(self.ctl.removexattr, inode)
         node = self._inode(inode)
         if name == POLICY_XATTR.encode():
             node.cache_off = False  # a directory above may still say off (next lookup)
