@@ -4,8 +4,8 @@ Role: `Workers.work` is what the adapter hands to `trio.to_thread.run_sync` for 
 call on SOURCE: it counts the calls in flight (`peak_inflight`, logged at unmount),
 applies the slow-backing test hook, and runs the call under the caller's credentials
 (`backing.call_as`) where the daemon can switch them. The adapter keeps the await,
-the CapacityLimiter and the errno mapping; this module is the only adapter code that
-runs off the trio thread, so its one lock is here.
+the CapacityLimiter and the errno mapping; this is the part of a backing call that
+runs off the trio thread, so the one lock it needs is here.
 
 Must not import pyfuse3, trio or psutil. Thread-safe: `work` runs in any worker thread
 (the counters are under a lock); the rest is read on the trio thread.
