@@ -38,7 +38,7 @@ from .control import Controls
 from .ctldir import ControlDir, Refused
 from .entries import Entries
 from .handles import DirHandle, FileHandle, Handles
-from .inodes import Inode, InodeTable
+from .inodes import CONTROL_BASE, Inode, InodeTable
 from .options import MountOptions
 from .tasks import Compressor
 from .workers import Workers
@@ -96,9 +96,10 @@ class Operations(pyfuse3.Operations):
             raise FUSEError(exc.errno or errno.EIO) from None
 
     def _inode(self, nodeid: int) -> Inode:
+        """The node; unknown: ESTALE, or EPERM from CONTROL_BASE up (not SOURCE's ids)."""
         inode = self.inodes.get(nodeid)
         if inode is None:
-            raise FUSEError(errno.EPERM if self.ctl.owns(nodeid) else errno.ESTALE)
+            raise FUSEError(errno.EPERM if nodeid >= CONTROL_BASE else errno.ESTALE)
         return inode
 
     def _parent(self, nodeid: int, name: bytes) -> Inode:
@@ -270,10 +271,9 @@ class Operations(pyfuse3.Operations):
             # in sequential 128 KiB reads here). FUSE's readahead above does the job.
             with contextlib.suppress(OSError):
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
-        self.handles.add_file(FileHandle(fd, node, state, cached,
-                                         nowait=not self.workers.delay,
-                                         append=bool(flags & os.O_APPEND),
-                                         dontcache=self._dontcache))
+        handle = FileHandle(fd, node, state, cached, nowait=not self.workers.delay,
+                            append=bool(flags & os.O_APPEND), dontcache=self._dontcache)
+        self.handles.add_file(handle)
         return pyfuse3.FileInfo(fh=cast(pyfuse3.FileHandleT, fd),
                                 direct_io=direct or self.opts.direct_io,
                                 keep_cache=keep and not flags & os.O_TRUNC)
