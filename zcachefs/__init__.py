@@ -1,8 +1,32 @@
 """zcachefs: a FUSE passthrough filesystem with a compressed second-chance RAM cache.
 
-Modules, one noun each: options (mount options), inodes (node id table), backing
-(fd-relative system calls on SOURCE), fs (the pyfuse3 adapter), mount (daemon
-lifecycle), notify (systemd readiness), logs (log setup), cli (the command line).
+Modules, one job each. The pure core (no pyfuse3, trio or psutil; tests/unit/test_layering.py):
+- settings: the one table of settings (-o, control files, xattrs, --help, docs)
+- options: mount option strings (-o groups, fstab flags, the options file)
+- inodes: the node id table (node ids <-> backing inodes, lookup counts)
+- backing: fd-relative system calls on SOURCE, under the caller's credentials
+- workers: the thread side of every blocking backing call (accounting, credentials)
+- handles: the open files and directories of a mount
+- codecs: page codecs behind a registry
+- pagecache: tier 1, the uncompressed LRU of pages
+- pool: tier 2, the compressed pool and its slab arena
+- cache: the two tiers of a mount, read geometry and the write path
+- stats: the counters and one snapshot of them
+- control: the control files, read and written by name over settings
+- logs: log setup (stderr, syslog, journal)
+- notify: systemd readiness notification
+The adapter, the daemon around it, and the command line:
+- fs: the pyfuse3 handlers (the one place exceptions become errnos)
+- ctldir: the virtual control directory and its xattrs
+- entries: the attributes and lookup counts the kernel is told
+- tasks: background work (compressor, heap trimmer, signal watcher)
+- memory: the memory the daemon can really use (RAM capped by its cgroup)
+- pressure: the memory-pressure watcher
+- mount: the daemon's lifecycle (mount, serve, unmount)
+- cli: the `zcachefs` command line
+- client: the client commands (stat, top, set, drop); imports only settings and stats
+- mounts: the client's view of the mounts (mountinfo, control files, xattrs)
+- live: the client's live view (top, stat --watch)
 """
 
 __version__ = "0.1.0"

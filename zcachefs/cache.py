@@ -2,7 +2,7 @@
 
 Flow of a page: a read miss fills tier 1 from the backing file (only the runs of pages
 no tier holds); tier 1 evicts its least recently used pages into `pending`; a
-compressor (the adapter's background task, or `compress_inline` under back-pressure)
+compressor (`tasks.Compressor`, or `compress_inline` under back-pressure)
 compresses them and admits them to the pool. A pool hit is not exclusive: the pool
 keeps its copy, so a page served from the pool costs one decompression and is never
 compressed again unless it changes. With the kernel's page cache in use (the default)
@@ -91,6 +91,15 @@ class WriteToken:
     edges: dict[int, bytes]  # cached pages the write covers only in part
 
 
+@dataclass(frozen=True, slots=True)
+class Truncation:
+    """What `begin_truncate` hands to `end_truncate`."""
+
+    state: FileState
+    size: int
+    token: tuple[int, Sig | None]
+
+
 @dataclass(slots=True)
 class ReadPlan:
     """A read the tiers could not answer whole: what they found, and the runs of
@@ -104,6 +113,22 @@ class ReadPlan:
     runs: list[tuple[int, int]]  # (first page, page count) of each missing run
     version: int  # the file's version when the lookup was made
     pages: int = field(default=0)  # pages the runs cover
+
+
+@dataclass(frozen=True, slots=True)
+class CompressJob:
+    """Pending pages to compress off the trio thread, with the codec and threshold in
+    force when it was made (`Cache.compress_job` makes it, `Cache.admit` takes the
+    result). `run` touches no table: safe in a worker thread (lz4/lzo release the GIL)."""
+
+    codec: codecs.Codec
+    threshold: int
+    pages: list[PendingPage]  # handed over: nobody else holds this list
+
+    def run(self) -> list[tuple[PendingPage, Compressed]]:
+        """Compress the pages; pages known not to compress are not tried again."""
+        codec, threshold = self.codec, self.threshold
+        return [(p, compress_page(codec, p.data, threshold, p.poor)) for p in self.pages]
 
 
 class Cache:
@@ -226,6 +251,18 @@ class Cache:
         state.sig = sig
         return False
 
+    def open_file(self, identity: bytes, sig: Sig, regular: bool, direct: bool,
+                  policy_off: bool) -> tuple[FileState, bool, bool]:
+        """An open through the mount: (the file's state, whether its cached pages were
+        kept, whether its reads go through the tiers). O_DIRECT (`direct`) and the
+        per-file policy (user.zcachefs.cache=off) bypass the tiers; the policy also
+        drops the pages cached before it changed."""
+        state = self.file(identity)
+        keep = self.opened(state, sig)
+        if policy_off and not direct:
+            self.invalidate_file(state)
+        return state, keep, not direct and not policy_off and regular
+
     def changing(self, state: FileState) -> tuple[int, Sig | None]:
         """Call before a change through the mount (write, truncate). Returns what to
         hand to `changed` afterwards: the version, and the signature the cache knew."""
@@ -321,6 +358,17 @@ class Cache:
             runs.append((first + run, len(found) - run))
         return ReadPlan(off, size, first, found, runs, state.version,
                         sum(n for _, n in runs))
+
+    def byte_runs(self, plan: ReadPlan) -> list[tuple[int, int]]:
+        """The (offset, length) in bytes of each run of missing pages of `plan`: what to
+        read from the backing file (the pages read go to `fill_plan`)."""
+        ps = self.page_size
+        return [(first * ps, count * ps) for first, count in plan.runs]
+
+    @property
+    def has_pending(self) -> bool:
+        """Pages wait for the compressor (the adapter then wakes it)."""
+        return bool(self.pending.items)
 
     def fill_plan(self, state: FileState, plan: ReadPlan, runs: list[list[bytes]],
                   fallback: bool = False) -> bytes:
@@ -432,6 +480,35 @@ class Cache:
         self.c.write_fills += cached
         return cached
 
+    def begin_truncate(self, identity: bytes, size: int) -> Truncation:
+        """Call before a truncate through the mount: moves the version and drops the
+        pages at or past the new end."""
+        state = self.file(identity)
+        cut = Truncation(state, size, self.changing(state))
+        self.truncate(state, size)
+        return cut
+
+    def end_truncate(self, cut: Truncation) -> None:
+        """Call after the truncate, whether it failed or not. Without the signature
+        before the change, an outside change cannot be told from ours: the next open
+        drops the file (truncates are rare)."""
+        self.changed(cut.state, cut.token)
+        self.truncate(cut.state, cut.size)
+
+    def wrote(self, state: FileState, token: WriteToken, off: int, data: bytes, n: int,
+              before: Sig, after: Sig, appended: bool = False, cache_it: bool = True
+              ) -> None:
+        """`end_write` for a backing write of `data` at `off` that wrote `n` bytes.
+        `appended` (O_APPEND): the bytes went to the end of the file, wherever the
+        kernel thought that was; the range they really landed in is dropped and
+        nothing is cached."""
+        if appended:
+            self.end_write(state, token, off, data[:n], before, after, cache_it=False)
+            self.invalidate_range(state, after[0] - n, n)
+        else:
+            self.end_write(state, token, off, data[:n] if n < len(data) else data, before,
+                           after, cache_it=cache_it)
+
     def _peek(self, fid: int, index: int) -> bytes | None:
         """A cached page from any tier, without counting a lookup."""
         key = (fid, index)
@@ -482,10 +559,34 @@ class Cache:
                     poor.setdefault(fid, set()).add(index)
                 pool.admit(fid, index, comp)
 
+    def compress_job(self, n: int) -> CompressJob | None:
+        """The n oldest pending pages as a job for a worker thread; None if none wait."""
+        batch = self.take_pending(n)
+        return CompressJob(self.codec, self.pool.threshold, batch) if batch else None
+
     def compress_inline(self, n: int) -> None:
         batch = self.take_pending(n)
-        self.admit([(p, compress_page(self.codec, p.data, self.pool.threshold, p.poor))
-                    for p in batch])
+        self.admit(CompressJob(self.codec, self.pool.threshold, batch).run())
+
+    def shrink_pool(self, n: int) -> tuple[int, bool]:
+        """One bounded step of keeping the pool in its limit: evict up to n entries if
+        it is over it. Returns (entries evicted, whether another step may help): False
+        when within the limit, or when nothing was left to look at (e.g. only slabs of
+        same-size spares)."""
+        pool = self.pool
+        if not pool.needs_shrink:
+            return 0, False
+        evicted = pool.shrink(n)
+        return evicted, bool(pool.last_scanned)
+
+    def activity(self) -> int:
+        """A number that moves whenever the cache serves a lookup or stores a page
+        (for the heap trimmer: trim only after work)."""
+        return self.c.cache_hits + self.c.cache_misses + self.pool.c.puts
+
+    def close(self) -> None:
+        """Release the pool's memory (at unmount; the cache is not used after)."""
+        self.pool.close()
 
     # -- invalidation --------------------------------------------------------------
 

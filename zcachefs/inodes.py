@@ -25,7 +25,7 @@ import itertools
 from dataclasses import dataclass
 
 ROOT_NODEID = 1
-CONTROL_BASE = 1 << 62  # node ids from here on are the control files' (fs.py)
+CONTROL_BASE = 1 << 62  # node ids from here on are the control files' (ctldir.py)
 _SYNTHETIC_BASE = 1 << 63
 
 

@@ -7,9 +7,14 @@ path below the mountpoint (the daemon chdirs to /).
 Without -f the command forks before mounting; the child mounts and reports "mounted"
 or the error through a pipe, so the parent exits only once the mount is live (or with
 the one-line error). SIGTERM, SIGINT and SIGHUP unmount cleanly and exit 0, from the
-moment the mount exists (handlers that record them are installed before it; readiness,
-READY=1 or the parent's exit, is reported only once trio's signal watcher runs); so
-does an external `fusermount3 -u`.
+moment the mount exists (tasks.SignalWatcher's recording handlers are installed before
+it; readiness, READY=1 or the parent's exit, is reported only once its trio receiver
+runs); so does an external `fusermount3 -u`.
+
+The background tasks (tasks.Compressor, tasks.HeapTrimmer, pressure.PressureWatcher and
+the signal watcher) run in the nursery `_serve` owns; it is cancelled once the session
+ends. Imports pyfuse3 and trio (psutil through pressure); only the command line (cli)
+imports it. Runs in the main thread.
 """
 
 from __future__ import annotations
@@ -28,10 +33,9 @@ from . import backing, logs, notify
 from .fs import Operations
 from .options import MountOptions
 from .pressure import PressureWatcher
+from .tasks import HeapTrimmer, SignalWatcher
 
 log = logging.getLogger(__name__)
-
-TRIM_INTERVAL = 10.0  # seconds between malloc_trim calls while the cache is in use
 
 
 class MountError(Exception):
@@ -87,8 +91,8 @@ def run(source: str, mountpoint: str, opts: MountOptions, foreground: bool,
     # Before anything can be mounted or reported ready: a SIGTERM from here on is
     # recorded and acted on once serving (a clean unmount), never the default action,
     # which would leave a dead mount behind.
-    early = EarlySignals()
-    early.install()
+    signals = SignalWatcher(_stop)
+    signals.install()
     logs.setup(opts.debug, daemon=not foreground)
     nofile = backing.raise_nofile_limit()
     backing.tune_malloc()
@@ -126,80 +130,37 @@ def run(source: str, mountpoint: str, opts: MountOptions, foreground: bool,
         return True
 
     try:
-        trio.run(_serve, ops, early, ready)
+        trio.run(_serve, ops, signals, ready)
     finally:
         notify.notify("STOPPING=1")
         pyfuse3.close(unmount=True)
         ops.close_all()
         log.info("unmounted %s (peak backing calls in flight: %d)", mountpoint,
-                 ops.peak_inflight)
+                 ops.workers.peak_inflight)
     return 0
 
 
-async def _serve(ops: Operations, early: EarlySignals, ready: Callable[[], bool]) -> None:
+async def _serve(ops: Operations, signals: SignalWatcher, ready: Callable[[], bool]
+                 ) -> None:
     async with trio.open_nursery() as nursery:
-        await nursery.start(_watch_signals, early)
+        await nursery.start(signals.run)
         if not ready():
             nursery.cancel_scope.cancel()
             return
-        nursery.start_soon(ops.run_background)
-        nursery.start_soon(_trim_heap_periodically, ops)
+        nursery.start_soon(ops.compressor.run)
+        nursery.start_soon(HeapTrimmer(ops.cache, backing.malloc_trim).run)
         if ops.opts.pressure:
             watcher = PressureWatcher(ops.cache, ops.opts.min_free, ops.opts.pressure_psi,
-                                      ops.opts.pressure_interval, ops.wake_background)
+                                      ops.opts.pressure_interval, ops.compressor.wake)
             nursery.start_soon(watcher.run)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
 
 
-async def _trim_heap_periodically(ops: Operations) -> None:
-    """Every TRIM_INTERVAL seconds in which the cache was busy, give malloc's free
-    pages back to the OS, in a worker thread (malloc_trim releases the GIL and walks
-    the whole heap: 1-3 ms for 64-256 MiB here). Without it, freed read buffers and
-    tier-1 pages in the middle of the heap stay in RSS until memory pressure."""
-    last = -1
-    while True:
-        await trio.sleep(TRIM_INTERVAL)
-        c = ops.cache.c
-        busy = c.cache_hits + c.cache_misses + ops.cache.pool.c.puts
-        if busy != last:
-            last = busy
-            await trio.to_thread.run_sync(backing.malloc_trim)
-
-
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-
-
-class EarlySignals:
-    """Handlers for the stop signals from before the mount until trio's own take over
-    (and again after them, during the unmount): they only record the signal.
-
-    Without them, a SIGTERM between mounting and trio's signal receiver (systemd's
-    stop right after READY=1, `systemctl restart` just after a start) took the default
-    action: the daemon died and left a dead mount."""
-
-    def __init__(self) -> None:
-        self.received: list[int] = []
-
-    def install(self) -> None:
-        for signum in STOP_SIGNALS:
-            signal.signal(signum, self._record)
-
-    def _record(self, signum: int, _frame: object) -> None:
-        self.received.append(signum)
-
-
-async def _watch_signals(early: EarlySignals,
-                         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
-                         ) -> None:
-    with trio.open_signal_receiver(*STOP_SIGNALS) as sigs:
-        task_status.started()
-        if early.received:
-            signum = early.received[0]
-        else:
-            signum = await sigs.__anext__()
-        log.info("received %s, unmounting", signal.Signals(signum).name)
-        pyfuse3.terminate()  # before main() runs too: it then returns at once
+def _stop(signum: int) -> None:
+    """A stop signal: end the session (before main() runs too: it then returns at once)."""
+    log.info("received %s, unmounting", signal.Signals(signum).name)
+    pyfuse3.terminate()
 
 
 def _daemonize() -> int:

@@ -9,7 +9,7 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[2] / "zcachefs"
 CORE = ["options", "inodes", "backing", "logs", "notify", "codecs", "pool", "pagecache",
-        "cache", "stats", "control", "settings"]
+        "cache", "stats", "control", "settings", "handles", "workers"]
 FORBIDDEN = {"pyfuse3", "trio", "psutil"}
 
 
@@ -29,8 +29,8 @@ def test_core_module_imports_no_fuse_trio_psutil(module: str) -> None:
 
 
 def test_every_module_is_classified() -> None:
-    adapters = {"fs", "mount", "cli", "memory", "pressure", "client", "live",
-                "mounts", "__init__", "__main__"}
+    adapters = {"fs", "ctldir", "entries", "tasks", "mount", "cli", "memory", "pressure",
+                "client", "live", "mounts", "__init__", "__main__"}
     assert {p.stem for p in PKG.glob("*.py")} <= set(CORE) | adapters
 
 
