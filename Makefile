@@ -6,6 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PREFIX ?= /usr/local
 STAMP  := $(VENV)/.installed
+WHEELS := $(VENV)/wheels
 
 .PHONY: deps venv test test-fast test-unit test-adapter lint demo soak install uninstall clean
 
@@ -15,9 +16,12 @@ deps:
 # The .pth file names this checkout on the venv's sys.path, so that scripts/ (run by the
 # venv's Python) import the tests' shared helpers as the package tests.support, as the
 # tests do; it is the venv's alone: `make install` ships only the zcachefs package.
-$(STAMP): pyproject.toml
+# pyfuse3 is built from its source release with our patch first (scripts/build-pyfuse3:
+# lets zcachefs turn off FUSE_CAP_AUTO_INVAL_DATA); the project's install keeps it.
+$(STAMP): pyproject.toml scripts/build-pyfuse3 third_party/pyfuse3/auto-inval-data.patch
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	scripts/build-pyfuse3 $(BIN)/python $(WHEELS)
 	$(BIN)/pip install -q -e '.[test]'
 	echo '$(CURDIR)' > "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/zcachefs-checkout.pth"
 	touch $(STAMP)
@@ -60,6 +64,10 @@ LIBDIR    ?= $(PREFIX)/lib/zcachefs
 UNITDIR   ?= /etc/systemd/system
 CONFDIR   ?= /etc/zcachefs
 PIP_FLAGS ?=
+# Unless PIP_FLAGS has --no-deps, LIBDIR gets our patched pyfuse3 (scripts/build-pyfuse3),
+# built once into INSTALL_WHEELS.
+NO_DEPS        = $(findstring --no-deps,$(PIP_FLAGS))
+INSTALL_WHEELS ?= $(CURDIR)/build/wheels
 # The interpreter the launcher runs, as an absolute path (extension modules are built for it).
 INSTALL_PYTHON = $(shell $(PYTHON) -c 'import sys; print(sys.executable)')
 SYSTEMD_RELOAD = if [ -z '$(DESTDIR)' ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
@@ -69,8 +77,10 @@ install: $(if $(DESTDIR),,deps)
 	@$(CHECK_LIBDIR)
 	test -n '$(INSTALL_PYTHON)'
 	rm -rf '$(DESTDIR)$(LIBDIR).new'
+	$(if $(NO_DEPS),,scripts/build-pyfuse3 '$(PYTHON)' '$(INSTALL_WHEELS)' --wheel-only)
 	$(PYTHON) -m pip install --quiet --root-user-action=ignore --no-warn-script-location \
-	  --target '$(DESTDIR)$(LIBDIR).new' $(PIP_FLAGS) .
+	  --target '$(DESTDIR)$(LIBDIR).new' $(PIP_FLAGS) \
+	  $(if $(NO_DEPS),,--find-links '$(INSTALL_WHEELS)' '$(shell scripts/build-pyfuse3 --requirement)') .
 	rm -rf '$(DESTDIR)$(LIBDIR)'
 	mv '$(DESTDIR)$(LIBDIR).new' '$(DESTDIR)$(LIBDIR)'
 	install -d -m 0755 '$(DESTDIR)$(BINDIR)'

@@ -98,6 +98,7 @@ def run(source: str, mountpoint: str, opts: MountOptions, foreground: bool,
     backing.tune_malloc()
     os.umask(0)  # the kernel applied the caller's umask already
     ops = Operations(root_fd, opts, ram)
+    auto_inval = auto_inval_data(ops, opts)
     try:
         pyfuse3.init(ops, mountpoint, fuse_options(source, opts))
     except RuntimeError as exc:
@@ -107,8 +108,9 @@ def run(source: str, mountpoint: str, opts: MountOptions, foreground: bool,
             os._exit(1)
         raise MountError(message) from None
     log.info("mounted %s on %s (memlimit=%d cache_size=%d page_size=%d compressor=%s "
-             "threads=%d nofile=%d)", source, mountpoint, opts.memlimit, opts.cache_size,
-             opts.page_size, opts.compressor, opts.threads, nofile)
+             "threads=%d nofile=%d auto_inval_data=%s)", source, mountpoint, opts.memlimit,
+             opts.cache_size, opts.page_size, opts.compressor, opts.threads, nofile,
+             "on" if auto_inval else "off")
     os.chdir("/")
 
     def ready() -> bool:
@@ -138,6 +140,19 @@ def run(source: str, mountpoint: str, opts: MountOptions, foreground: bool,
         log.info("unmounted %s (peak backing calls in flight: %d)", mountpoint,
                  ops.workers.peak_inflight)
     return 0
+
+
+def auto_inval_data(ops: Operations, opts: MountOptions) -> bool:
+    """Ask pyfuse3 to clear FUSE_CAP_AUTO_INVAL_DATA unless the option wants it; True if
+    the kernel will keep it. Only our pyfuse3 build (scripts/build-pyfuse3) reads
+    `disable_auto_inval_data` at init; a stock one keeps libfuse's default."""
+    ops.disable_auto_inval_data = not opts.auto_inval_data
+    if opts.auto_inval_data or getattr(pyfuse3, "AUTO_INVAL_DATA_OPTIONAL", False):
+        return opts.auto_inval_data
+    log.warning("auto_inval_data stays on: this pyfuse3 (%s) is not zcachefs's build, so "
+                "each write through the mount empties the kernel's cache of the file; "
+                "`make venv` or `make install` builds it", pyfuse3.__version__)
+    return True
 
 
 async def _serve(ops: Operations, signals: SignalWatcher, ready: Callable[[], bool]

@@ -54,6 +54,7 @@ class MountOptions:
     threshold: int
     accept_threshold_percent: int
     direct_io: bool
+    auto_inval_data: bool
     pressure: bool
     volatile: bool
     min_free: int

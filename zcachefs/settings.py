@@ -344,6 +344,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("direct_io", parse_bool, False,
             "serve reads only from the daemon (no kernel page cache); breaks mmap",
             flag=True),
+    # Off by default: libfuse's FUSE_CAP_AUTO_INVAL_DATA made the kernel drop a file's
+    # whole page cache after every write through the mount (the next read's GETATTR
+    # shows a new mtime): randrw's reads went from 3 us page-cache hits to 226 us daemon
+    # round trips (256 MiB file, no budget; BENCHMARKS.md). Needs the patched pyfuse3.
+    Setting("auto_inval_data", parse_bool, False,
+            "let the kernel drop a file's cached pages whenever its mtime changes, even "
+            "by the mount's own writes (on/off; off needs zcachefs's pyfuse3 build, "
+            "see README)"),
     Setting("pressure", parse_bool, True,
             "shrink the pool and tier 1 when the system or the daemon's cgroup runs "
             "short of memory (on/off)"),

@@ -362,3 +362,60 @@ def test_a_failed_lookup_is_cached_for_negative_timeout(mount_factory: object,
     # With a timeout the kernel answers from its negative entry (the daemon is not
     # asked); without one it asks and finds the new file.
     assert (m.mountpoint / "outside").exists() == (timeout == 0)
+
+
+def patched_pyfuse3() -> bool:
+    """Our pyfuse3 build (scripts/build-pyfuse3) honours auto_inval_data=off."""
+    import pyfuse3
+
+    return bool(getattr(pyfuse3, "AUTO_INVAL_DATA_OPTIONAL", False))
+
+
+@pytest.mark.parametrize("auto_inval", ["off", "on"])
+def test_own_writes_keep_the_kernels_page_cache(mount_factory: object,
+                                                auto_inval: str) -> None:
+    """auto_inval_data=off (the default): the kernel's cached pages of a file survive
+    the mount's own writes and hold what was written. on (libfuse's default): the first
+    read after a write sees a new mtime in its GETATTR and drops them all."""
+    if auto_inval == "off" and not patched_pyfuse3():
+        pytest.fail("pyfuse3 is not zcachefs's build: run `make venv`")
+    m = mount_factory(options=f"page_size=4K,auto_inval_data={auto_inval}")  # type: ignore[operator]
+    data = bytearray(compressible(256))  # 1 MiB
+    (m.source / "f").write_bytes(data)
+    path = m.mountpoint / "f"
+    fd = os.open(path, os.O_RDWR)
+    try:
+        assert os.pread(fd, len(data), 0) == data
+        assert resident_fraction(path) > 0.9
+        time.sleep(0.05)  # past the timestamps' granularity: the write changes mtime
+        os.pwrite(fd, b"x" * PAGE, 10 * PAGE)
+        data[10 * PAGE:11 * PAGE] = b"x" * PAGE
+        assert os.pread(fd, PAGE, 200 * PAGE) == data[200 * PAGE:201 * PAGE]
+        kept = resident_fraction(path)
+        assert os.pread(fd, len(data), 0) == data
+    finally:
+        os.close(fd)
+    assert (m.source / "f").read_bytes() == data
+    if auto_inval == "off":
+        assert kept > 0.9
+    else:
+        assert kept < 0.5  # what is left: the read at page 200 and its readahead
+
+
+def test_an_outside_change_is_seen_at_the_next_open_with_the_kernels_cache(
+        mount_factory: object) -> None:
+    """Without auto_inval_data the kernel is told at open: a file changed outside the
+    mount (same size, so no size change gives it away) is read anew when reopened."""
+    m = mount_factory(options="page_size=4K")  # type: ignore[operator]
+    old = compressible(64)
+    (m.source / "f").write_bytes(old)
+    assert (m.mountpoint / "f").read_bytes() == old
+    assert resident_fraction(m.mountpoint / "f") > 0.9
+    time.sleep(0.05)
+    new = compressible(64, seed=7)
+    fd = os.open(m.source / "f", os.O_WRONLY)  # outside: the daemon is not told
+    try:
+        os.pwrite(fd, new, 0)
+    finally:
+        os.close(fd)
+    assert (m.mountpoint / "f").read_bytes() == new
