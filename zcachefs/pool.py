@@ -644,13 +644,19 @@ class CompressedPool:
         lru, raws = self.lru, self.raw_lru
         budget = 2 * max_entries
         raw = self.page_size  # a slot this large holds a raw page: nothing frees more
-        # Raw pages first (CLOCK among them): each frees a whole page of memory.
-        while raws and scanned < budget and evicted < max_entries and self.needs_shrink:
+        # Raw pages first (CLOCK among them): each frees a whole page of memory. Each is
+        # looked at once per call: a referenced one keeps its second chance until the
+        # next call, so a raw page just hit is not evicted before cold compressed ones.
+        raw_turns = len(raws)
+        while (raws and raw_turns and scanned < budget and evicted < max_entries
+               and self.needs_shrink):
             key, entry = next(iter(raws.items()))
+            raw_turns -= 1
             scanned += 1
             if entry.referenced:
                 entry.referenced = False
                 raws.move_to_end(key)
+                lru.move_to_end(key)  # the second chance holds in the CLOCK below too
                 continue
             self._drop(key)
             evicted += 1

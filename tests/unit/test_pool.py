@@ -904,6 +904,26 @@ def compressed_len(codec: str, data: bytes) -> int:
     return len(codecs.get(codec).compress(data))
 
 
+def test_a_referenced_raw_page_keeps_its_second_chance() -> None:
+    """Raw pages are evicted first, but one that was just hit is looked at once per
+    shrink and spared: the call evicts cold compressed pages instead (the model test
+    found the old code clearing its bit and evicting it in the same call)."""
+    pool = CompressedPool(PS, 1 << 20, PS // 2, 90)
+    try:
+        assert pool.store(1, 0, page(0, 2015), LZ4)
+        assert pool.lru[(1, 0)].codec == pool_module.RAW
+        assert pool.load(1, 0) is not None  # hit: referenced
+        comp = compress_page(LZ4, page(100, 100), pool.threshold)
+        assert all(pool.admit(1, i, comp) for i in range(100, 326))
+        pool.set_memlimit(pool.mem_used_total - 20_000)  # now it must give some back
+        assert pool.needs_shrink
+        assert pool.shrink(256) > 0 and not pool.needs_shrink
+        assert (1, 0) in pool.lru
+        assert not pool.lru[(1, 0)].referenced  # the chance is used: next time it may go
+    finally:
+        pool.close()
+
+
 class PoolMachine(RuleBasedStateMachine):
     """The pool against a dict model: its keys are exactly the pool's keys."""
 
