@@ -579,6 +579,11 @@ class Cache:
         evicted = pool.shrink(n)
         return evicted, bool(pool.last_scanned)
 
+    def reset_stats(self) -> None:
+        """Zero the event counters, the pool's too (gauges are levels and stay)."""
+        self.c = CacheCounters()
+        self.pool.reset_counters()
+
     def activity(self) -> int:
         """A number that moves whenever the cache serves a lookup or stores a page
         (for the heap trimmer: trim only after work)."""
