@@ -11,10 +11,14 @@ the page, and a third copy would only take memory from the pool. With `keep_hits
 (direct_io: the daemon is the only cache) a hit goes to tier 1 marked `stored`, and
 leaves it again for free.
 
-Files: each backing file has a `FileState` (files.py: its fid keys its pages, its
-version and signature tell a read that raced with a change and a change made outside
-the mount). Writes and truncates through the mount are writes.py's: it works through
-`peek`, `fill_written`, `invalidate_range` and `truncate` here.
+This module owns the tables (tier 1, pending, `stored`, `poor`, the pool) and what
+touches them per page: lookups and the read geometry (`get`, `read`, `fill_plan`,
+`fill`, the overflow into pending), invalidation, the counters and `statistics()`, and
+the knobs. The rest of the cache is in three modules that work through it: files.py
+(each backing file's `FileState`: its fid keys its pages, its version and signature
+tell a read that raced with a change, and a change made outside the mount), writes.py
+(writes and truncates through the mount: `peek`, `fill_written`, `invalidate_range`,
+`truncate` here) and handoff.py (pending pages to the compressor and into the pool).
 
 Invariants:
 - a key is in at most one of tier1, pending; a tier-1 key may also be in the pool
@@ -24,7 +28,8 @@ Invariants:
 - a page index in `poor[fid]` did not compress below the threshold at its last try;
   it is stored raw without trying again until the page changes
 
-Pure core: must not import pyfuse3, trio or psutil. Not thread-safe (trio thread only).
+Pure core: must not import pyfuse3, trio or psutil, nor writes (which imports it).
+Not thread-safe (trio thread only).
 """
 
 from __future__ import annotations
