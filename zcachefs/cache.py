@@ -14,11 +14,12 @@ leaves it again for free.
 This module owns the tables (tier 1, pending, `stored`, `poor`, the pool) and what
 touches them per page: lookups and the read geometry (`get`, `read`, `fill_plan`,
 `fill`, the overflow into pending), invalidation, the counters and `statistics()`, and
-the knobs. The rest of the cache is in three modules that work through it: files.py
-(each backing file's `FileState`: its fid keys its pages, its version and signature
-tell a read that raced with a change, and a change made outside the mount), writes.py
-(writes and truncates through the mount: `peek`, `fill_written`, `invalidate_range`,
-`truncate` here) and handoff.py (pending pages to the compressor and into the pool).
+the knobs. The rest of the cache is in three modules that take the Cache (or its
+parts) explicitly: files.py (each backing file's `FileState`: its fid keys its pages,
+its version and signature tell a read that raced with a change, and a change made
+outside the mount), writes.py (writes and truncates through the mount: `peek`,
+`fill_written`, `invalidate_range`, `truncate` here) and handoff.py (pending pages to
+the compressor and into the pool).
 
 Invariants:
 - a key is in at most one of tier1, pending; a tier-1 key may also be in the pool

@@ -11,7 +11,10 @@ while the job ran is not admitted (the pool never gets stale bytes).
 
 Why a module of its own: this is the one thread boundary of the cache. Everything
 here runs on the trio thread except `CompressJob.run`, which touches no table; the
-read and write paths (cache.py, writes.py) never wait for it.
+read and write paths (cache.py, writes.py) never wait for it. `admit` changes the
+cache's tables from outside cache.py (it moves a page from `pending` to the pool and
+records `poor`; files.Files only forgets a dropped file's `poor` set); the pool bumps
+its own counters.
 
 Pure core: must not import pyfuse3, trio or psutil; imports cache for types only.
 Not thread-safe, except `CompressJob.run` (safe in any thread: lz4/lzo release the GIL).
