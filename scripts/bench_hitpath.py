@@ -22,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from zcachefs import handoff
 from zcachefs.cache import Cache, ReadPlan
 from zcachefs.pool import compress_page
 from zcachefs.settings import parse_size
@@ -68,12 +69,12 @@ def measure(data: bytes, page_size: int, reads: int) -> dict[str, float]:
                 for first, n in plan.runs]
         cache.fill_plan(state, plan, runs)
         while len(cache.pending) >= 64:
-            batch = cache.take_pending(64)
-            cache.admit([(p, compress_page(cache.codec, p.data, cache.pool.threshold, p.poor))
-                         for p in batch])
-    batch = cache.take_pending(len(cache.pending))
-    cache.admit([(p, compress_page(cache.codec, p.data, cache.pool.threshold, p.poor))
-                 for p in batch])
+            batch = handoff.take_pending(cache, 64)
+            handoff.admit(cache, [(p, compress_page(cache.codec, p.data, cache.pool.threshold,
+                                                    p.poor)) for p in batch])
+    batch = handoff.take_pending(cache, len(cache.pending))
+    handoff.admit(cache, [(p, compress_page(cache.codec, p.data, cache.pool.threshold, p.poor))
+                          for p in batch])
     store = time.process_time() - t
     pool = cache.pool
     assert pool.stored_pages + pool.zero_pages + pool.same_filled_pages >= size // page_size - 1

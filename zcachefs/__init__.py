@@ -10,7 +10,10 @@ Modules, one job each. The pure core (no pyfuse3, trio or psutil; tests/unit/tes
 - codecs: page codecs behind a registry
 - pagecache: tier 1, the uncompressed LRU of pages
 - pool: tier 2, the compressed pool and its slab arena
-- cache: the two tiers of a mount, read geometry and the write path
+- cache: the two tiers of a mount: lookups, read geometry, invalidation, statistics
+- files: the cache's per-file state (FileState, its signature; the table by identity)
+- writes: the cache's side of writes and truncates through the mount
+- handoff: pending pages to the compressor (a worker thread) and into the pool
 - stats: the counters and one snapshot of them
 - control: the control files, read and written by name over settings
 - logs: log setup (stderr, syslog, journal)

@@ -2,25 +2,24 @@
 
 Flow of a page: a read miss fills tier 1 from the backing file (only the runs of pages
 no tier holds); tier 1 evicts its least recently used pages into `pending`; a
-compressor (`tasks.Compressor`, or `compress_inline` under back-pressure)
-compresses them and admits them to the pool. A pool hit is not exclusive: the pool
-keeps its copy, so a page served from the pool costs one decompression and is never
-compressed again unless it changes. With the kernel's page cache in use (the default)
-a pool hit is not put in tier 1 either: the kernel keeps the page, and a third copy
-would only take memory from the pool. With `keep_hits` (direct_io: the daemon is the
-only cache) a hit goes to tier 1 marked `stored`, and leaves it again for free.
+compressor (`tasks.Compressor`, or `handoff.compress_inline` under back-pressure)
+compresses them and admits them to the pool (handoff.py). A pool hit is not
+exclusive: the pool keeps its copy, so a page served from the pool costs one
+decompression and is never compressed again unless it changes. With the kernel's page
+cache in use (the default) a pool hit is not put in tier 1 either: the kernel keeps
+the page, and a third copy would only take memory from the pool. With `keep_hits`
+(direct_io: the daemon is the only cache) a hit goes to tier 1 marked `stored`, and
+leaves it again for free.
 
-Writes through the mount keep the cache warm: after the backing write, the whole
-pages it wrote enter tier 1 (so they reach the pool like any miss); partial pages are
-dropped. The file's signature is taken after the write, so the mount's own writes do
-not make the next open drop the file.
-
-Files: each backing file has a `FileState`, found by an identity that cannot be reused
-for another file while the state exists (the kernel file handle, which carries the
-inode generation). Its `fid` keys its pages. `version` moves before and after every
-change made through the mount, so a read that raced with a change does not insert
-what it read; `sig` (size, mtime_ns, ctime_ns) detects changes made outside the mount
-at the next open (close-to-open consistency).
+This module owns the tables (tier 1, pending, `stored`, `poor`, the pool) and what
+touches them per page: lookups and the read geometry (`get`, `read`, `fill_plan`,
+`fill`, the overflow into pending), invalidation, the counters and `statistics()`, and
+the knobs. The rest of the cache is in three modules that take the Cache (or its
+parts) explicitly: files.py (each backing file's `FileState`: its fid keys its pages,
+its version and signature tell a read that raced with a change, and a change made
+outside the mount), writes.py (writes and truncates through the mount: `peek`,
+`fill_written`, `invalidate_range`, `truncate` here) and handoff.py (pending pages to
+the compressor and into the pool).
 
 Invariants:
 - a key is in at most one of tier1, pending; a tier-1 key may also be in the pool
@@ -30,36 +29,25 @@ Invariants:
 - a page index in `poor[fid]` did not compress below the threshold at its last try;
   it is stored raw without trying again until the page changes
 
-Pure core: must not import pyfuse3, trio or psutil. Not thread-safe (trio thread only).
+Pure core: must not import pyfuse3, trio or psutil, nor writes (which imports it).
+Not thread-safe (trio thread only).
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from . import codecs
+from . import codecs, handoff
+from .files import Files, FileState, Sig
+from .handoff import PendingPage
 from .pagecache import Key, Tier
-from .pool import Compressed, CompressedPool, compress_page
+from .pool import CompressedPool
 
 # Pages waiting for the background compressor before tier 1 compresses inline
 # (back-pressure). 256 pages = 1 MiB at 4 KiB: enough for several 128 KiB batches.
 MAX_PENDING = 256
-
-
-@dataclass(slots=True)
-class FileState:
-    fid: int
-    version: int = 0
-    sig: tuple[int, int, int] | None = None
-    tail: int | None = None  # index of a cached page shorter than page_size
-    size: int | None = None  # file size as last known (open, or our own change)
-    opens: int = 0  # open handles through the mount
-
-
-Sig = tuple[int, int, int]  # (size, mtime_ns, ctime_ns) of a backing file
 
 
 @dataclass
@@ -75,31 +63,6 @@ class CacheCounters:
     pressure_shrinks: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class PendingPage:
-    key: Key
-    data: bytes
-    poor: bool  # did not compress at its last try: stored raw without trying again
-
-
-@dataclass(frozen=True, slots=True)
-class WriteToken:
-    """What `begin_write` hands to `end_write`."""
-
-    version: int
-    known: Sig | None  # the file's signature as the cache knew it
-    edges: dict[int, bytes]  # cached pages the write covers only in part
-
-
-@dataclass(frozen=True, slots=True)
-class Truncation:
-    """What `begin_truncate` hands to `end_truncate`."""
-
-    state: FileState
-    size: int
-    token: tuple[int, Sig | None]
-
-
 @dataclass(slots=True)
 class ReadPlan:
     """A read the tiers could not answer whole: what they found, and the runs of
@@ -113,22 +76,6 @@ class ReadPlan:
     runs: list[tuple[int, int]]  # (first page, page count) of each missing run
     version: int  # the file's version when the lookup was made
     pages: int = field(default=0)  # pages the runs cover
-
-
-@dataclass(frozen=True, slots=True)
-class CompressJob:
-    """Pending pages to compress off the trio thread, with the codec and threshold in
-    force when it was made (`Cache.compress_job` makes it, `Cache.admit` takes the
-    result). `run` touches no table: safe in a worker thread (lz4/lzo release the GIL)."""
-
-    codec: codecs.Codec
-    threshold: int
-    pages: list[PendingPage]  # handed over: nobody else holds this list
-
-    def run(self) -> list[tuple[PendingPage, Compressed]]:
-        """Compress the pages; pages known not to compress are not tried again."""
-        codec, threshold = self.codec, self.threshold
-        return [(p, compress_page(codec, p.data, threshold, p.poor)) for p in self.pages]
 
 
 class Cache:
@@ -150,13 +97,9 @@ class Cache:
                                    volatile, store_raw)
         self.poor: dict[int, set[int]] = {}  # fid -> pages that did not compress
         self.c = CacheCounters()
-        self._files: dict[bytes, FileState] = {}
-        # States the kernel forgot while they still had pages: dropped once those pages
-        # are gone (swept a few per forget, and by the background task).
-        self._forgotten: dict[bytes, FileState] = {}
+        self.files = Files(self.has_pages, self.poor)  # the FileStates, by identity
         # Set by the adapter: how many inodes the kernel holds (the `inodes` gauge).
         self.inodes_known: Callable[[], int] = lambda: 0
-        self._fids = itertools.count(1)
 
     def statistics(self) -> MappingProxyType[str, float]:
         """Every name of stats.COUNTERS, read at one instant (no await in between); a
@@ -173,7 +116,7 @@ class Cache:
             "memlimit_effective": pool.limit, "pressure_shrinks": cc.pressure_shrinks,
             "cache_size": self.configured * self.page_size,
             "cache_pages": len(self.tier1) + len(self.pending),
-            "cache_files": self.file_count, "inodes": self.inodes_known(),
+            "cache_files": len(self.files), "inodes": self.inodes_known(),
             "hits": pc.succ_gets, "misses": pc.failed_gets,
             "cache_hits": cc.cache_hits, "cache_misses": cc.cache_misses,
             "puts": pc.puts, "invalidates": pc.invalidates, "evicted_pages": pc.evicted_pages,
@@ -190,54 +133,12 @@ class Cache:
     # -- files ---------------------------------------------------------------------
 
     def file(self, identity: bytes) -> FileState:
-        state = self._files.get(identity)
-        if state is None:
-            state = self._files[identity] = FileState(next(self._fids))
-        elif self._forgotten:
-            self._forgotten.pop(identity, None)  # the kernel knows the file again
-        return state
-
-    @property
-    def file_count(self) -> int:
-        return len(self._files)
+        """The file's state (files.Files.get): made, with a new fid, if there is none."""
+        return self.files.get(identity)
 
     def has_pages(self, fid: int) -> bool:
         return (fid in self.tier1.by_file or fid in self.pending.by_file
                 or fid in self.pool.files)
-
-    def forget_file(self, identity: bytes) -> None:
-        """The kernel forgot the inode: drop its FileState unless pages or handles still
-        need it (so a walk over millions of files does not keep a state per file)."""
-        state = self._files.get(identity)
-        if state is None:
-            return
-        if not state.opens and not self.has_pages(state.fid):
-            del self._files[identity]
-            self._forgotten.pop(identity, None)
-            self.poor.pop(state.fid, None)
-        else:
-            self._forgotten[identity] = state
-        # Two looked at per one added: the states kept for their pages stay bounded
-        # by the pages cached, whatever the workload.
-        self.sweep_forgotten(2)
-
-    def sweep_forgotten(self, n: int) -> int:
-        """Look at up to n forgotten states, oldest first; drop those whose pages and
-        handles are all gone, move the others to the back. Returns how many dropped."""
-        forgotten, dropped = self._forgotten, 0
-        for identity in list(itertools.islice(forgotten, n)):
-            state = forgotten.pop(identity)
-            if state.opens or self.has_pages(state.fid):
-                forgotten[identity] = state
-            else:
-                del self._files[identity]
-                self.poor.pop(state.fid, None)
-                dropped += 1
-        return dropped
-
-    @property
-    def forgotten_count(self) -> int:
-        return len(self._forgotten)
 
     def opened(self, state: FileState, sig: tuple[int, int, int]) -> bool:
         """Record an open; drops the file's pages if it changed since the last one.
@@ -262,34 +163,6 @@ class Cache:
         if policy_off and not direct:
             self.invalidate_file(state)
         return state, keep, not direct and not policy_off and regular
-
-    def changing(self, state: FileState) -> tuple[int, Sig | None]:
-        """Call before a change through the mount (write, truncate). Returns what to
-        hand to `changed` afterwards: the version, and the signature the cache knew."""
-        known = state.sig
-        state.version += 1
-        state.sig = None
-        state.size = None
-        return state.version, known
-
-    def changed(self, state: FileState, token: tuple[int, Sig | None],
-                before: Sig | None = None, after: Sig | None = None) -> bool:
-        """Call after a change through the mount, with the file's signature just before
-        and just after it (None: not known). True if the file is known as it is now: no
-        other change through the mount overlapped ours, and the file was as the cache
-        knew it before ours (NFS's weak cache consistency check: otherwise someone
-        changed it outside meanwhile). Then its pages may be cached from the write and
-        the next open keeps the cache; otherwise the next open drops the file."""
-        version, known = token
-        fresh = (state.version == version and after is not None and before is not None
-                 and before == known)
-        state.version += 1
-        if fresh:
-            state.sig = after
-            state.size = after[0]  # type: ignore[index]
-        else:
-            state.sig = state.size = None  # an open since ours began set them
-        return fresh
 
     # -- lookups -------------------------------------------------------------------
 
@@ -422,95 +295,14 @@ class Cache:
                 self.stored.add(key)
             self._put(key, page)
 
-    def begin_write(self, state: FileState, off: int, length: int) -> WriteToken:
-        """Call before a write through the mount: moves the version, keeps the cached
-        pages the write only partly covers (to merge the new bytes into), and drops
-        every page it touches (a read meanwhile must not serve or cache old bytes)."""
-        ps, size = self.page_size, state.size
-        edges: dict[int, bytes] = {}
-        if length:
-            for index in {off // ps, (off + length - 1) // ps}:
-                start = index * ps
-                if start < off or off + length < start + ps:  # partly covered
-                    if size is not None and start >= size:
-                        edges[index] = b""  # past the end of the file: a hole, zeros
-                        continue
-                    page = self._peek(state.fid, index)
-                    if page is not None and (len(page) == ps or index == state.tail):
-                        edges[index] = page
-        token = WriteToken(*self.changing(state), edges)
-        self.invalidate_range(state, off, length)
-        return token
+    def fill_written(self, state: FileState, index: int, page: bytes) -> None:
+        """Insert a page a write through the mount determined (writes.end_write), and
+        count it in write_fills."""
+        self.fill(state, index, [page], state.version)
+        self.c.write_fills += 1
 
-    def end_write(self, state: FileState, token: WriteToken, off: int, data: bytes,
-                  before: Sig | None = None, after: Sig | None = None,
-                  cache_it: bool = True) -> int:
-        """Call after a write of `data` (the bytes that were written) at `off`, with the
-        file's signatures just before and after it (None after a failure). Drops the
-        touched pages again; if the file is known as it is now (`changed`) and
-        `cache_it`, caches the pages the write now determines: whole pages directly,
-        partly written ones merged into their cached copy. Returns the pages cached."""
-        fresh = self.changed(state, (token.version, token.known), before, after)
-        self.invalidate_range(state, off, len(data))
-        if not fresh or not cache_it or not data:
-            return 0
-        assert after is not None
-        ps, size = self.page_size, after[0]
-        end = off + len(data)
-        first, last = off // ps, (end - 1) // ps
-        cached = 0
-        for index in range(first, last + 1):
-            start = index * ps
-            want = min(ps, size - start)  # the page's length in the file now
-            lo, hi = max(off, start) - start, min(end, start + ps) - start
-            chunk = data[start + lo - off:start + hi - off]
-            if lo == 0 and hi == want:
-                page = chunk
-            else:
-                old = token.edges.get(index)
-                if old is None:
-                    continue
-                if len(old) < lo:  # the old last page, then a hole up to the write
-                    old = old + bytes(lo - len(old))
-                page = old[:lo] + chunk + old[hi:]
-                if len(page) != want:
-                    continue  # not what the file holds now: leave it uncached
-            self.fill(state, index, [page], state.version)
-            cached += 1
-        self.c.write_fills += cached
-        return cached
-
-    def begin_truncate(self, identity: bytes, size: int) -> Truncation:
-        """Call before a truncate through the mount: moves the version and drops the
-        pages at or past the new end."""
-        state = self.file(identity)
-        cut = Truncation(state, size, self.changing(state))
-        self.truncate(state, size)
-        return cut
-
-    def end_truncate(self, cut: Truncation) -> None:
-        """Call after the truncate, whether it failed or not. Without the signature
-        before the change, an outside change cannot be told from ours: the next open
-        drops the file (truncates are rare)."""
-        self.changed(cut.state, cut.token)
-        self.truncate(cut.state, cut.size)
-
-    def wrote(self, state: FileState, token: WriteToken, off: int, data: bytes, n: int,
-              before: Sig, after: Sig, appended: bool = False, cache_it: bool = True
-              ) -> None:
-        """`end_write` for a backing write of `data` at `off` that wrote `n` bytes.
-        `appended` (O_APPEND): the bytes went to the end of the file, wherever the
-        kernel thought that was; the range they really landed in is dropped and
-        nothing is cached."""
-        if appended:
-            self.end_write(state, token, off, data[:n], before, after, cache_it=False)
-            self.invalidate_range(state, after[0] - n, n)
-        else:
-            self.end_write(state, token, off, data[:n] if n < len(data) else data, before,
-                           after, cache_it=cache_it)
-
-    def _peek(self, fid: int, index: int) -> bytes | None:
-        """A cached page from any tier, without counting a lookup."""
+    def peek(self, fid: int, index: int) -> bytes | None:
+        """A cached page from any tier, without counting a lookup (writes.begin_write)."""
         key = (fid, index)
         page = self.tier1.peek(key)
         if page is None:
@@ -538,35 +330,9 @@ class Cache:
             bad = poor.get(old[0])
             pending.put(old, PendingPage(old, data, bad is not None and old[1] in bad))
         if len(pending.items) > MAX_PENDING:
-            self.compress_inline(len(pending.items) - MAX_PENDING)
+            handoff.compress_inline(self, len(pending.items) - MAX_PENDING)
 
-    # -- compression ---------------------------------------------------------------
-
-    def take_pending(self, n: int) -> list[PendingPage]:
-        """The n oldest pages waiting for compression (they stay readable meanwhile)."""
-        return [p for _, p in self.pending.oldest(n)]
-
-    def admit(self, done: list[tuple[PendingPage, Compressed]]) -> None:
-        """Admit compressed pages whose pending entry is still the same object (not
-        read back or invalidated while the compressor ran); remember the pages that
-        did not compress."""
-        pool, pending, poor = self.pool, self.pending, self.poor
-        for pend, comp in done:
-            if pending.peek(pend.key) is pend:
-                pending.pop(pend.key)
-                fid, index = pend.key
-                if comp.poor and comp.tried:
-                    poor.setdefault(fid, set()).add(index)
-                pool.admit(fid, index, comp)
-
-    def compress_job(self, n: int) -> CompressJob | None:
-        """The n oldest pending pages as a job for a worker thread; None if none wait."""
-        batch = self.take_pending(n)
-        return CompressJob(self.codec, self.pool.threshold, batch) if batch else None
-
-    def compress_inline(self, n: int) -> None:
-        batch = self.take_pending(n)
-        self.admit(CompressJob(self.codec, self.pool.threshold, batch).run())
+    # -- the pool ------------------------------------------------------------------
 
     def shrink_pool(self, n: int) -> tuple[int, bool]:
         """One bounded step of keeping the pool in its limit: evict up to n entries if
@@ -578,6 +344,11 @@ class Cache:
             return 0, False
         evicted = pool.shrink(n)
         return evicted, bool(pool.last_scanned)
+
+    def reset_stats(self) -> None:
+        """Zero the event counters, the pool's too (gauges are levels and stay)."""
+        self.c = CacheCounters()
+        self.pool.reset_counters()
 
     def activity(self) -> int:
         """A number that moves whenever the cache serves a lookup or stores a page
@@ -645,9 +416,9 @@ class Cache:
         self.stored.clear()
         self.poor.clear()
         self.pool.clear()
-        for state in self._files.values():
+        for state in self.files:
             state.tail = None
-        self.sweep_forgotten(len(self._forgotten))
+        self.files.sweep(self.files.forgotten_count)
 
     # -- knobs ---------------------------------------------------------------------
 

@@ -31,7 +31,7 @@ import pyfuse3
 import trio
 from pyfuse3 import FUSEError
 
-from . import backing
+from . import backing, writes
 from .backing import POLICY_XATTR, Backing, Caller
 from .cache import Cache, ReadPlan
 from .control import Controls
@@ -162,7 +162,7 @@ class Operations(pyfuse3.Operations):
                 continue
             gone = self.entries.forget(nodeid, count)
             if gone is not None:
-                self.cache.forget_file(gone.identity)
+                self.cache.files.forget(gone.identity)
 
     async def getattr(self, inode: pyfuse3.InodeT,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
@@ -188,7 +188,7 @@ class Operations(pyfuse3.Operations):
             times = (attr.st_atime_ns if fields.update_atime else -1,
                      attr.st_mtime_ns if fields.update_mtime else -1)
         size = attr.st_size if fields.update_size else None
-        cut = None if size is None else self.cache.begin_truncate(node.identity, size)
+        cut = None if size is None else writes.begin_truncate(self.cache, node.identity, size)
         try:
             st = await self._run(
                 _caller(ctx), self.backing.setattr, node.ref,
@@ -198,7 +198,7 @@ class Operations(pyfuse3.Operations):
                 attr.st_gid if fields.update_gid else -1, size, times)
         finally:
             if cut is not None:
-                self.cache.end_truncate(cut)
+                writes.end_truncate(self.cache, cut)
         return self.entries.attr(node, st)
 
     async def readlink(self, inode: pyfuse3.InodeT,
@@ -356,14 +356,14 @@ class Operations(pyfuse3.Operations):
         # so a read that overlaps the write does not cache what it read. After it,
         # the pages it wrote are cached (write-allocate; partial pages merged).
         cache, state = self.cache, handle.state
-        token = cache.begin_write(state, off, len(buf))
+        token = writes.begin_write(cache, state, off, len(buf))
         try:
             n, before, sig = await self._run(None, backing.write_at, handle.fd, buf, off)
         except BaseException:
-            cache.end_write(state, token, off, buf)
+            writes.end_write(cache, state, token, off, buf)
             raise
-        cache.wrote(state, token, off, buf, n, before, sig, appended=handle.append,
-                    cache_it=handle.cached)
+        writes.wrote(cache, state, token, off, buf, n, before, sig, appended=handle.append,
+                     cache_it=handle.cached)
         if cache.has_pending:
             self.compressor.wake()
         return n

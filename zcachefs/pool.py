@@ -766,6 +766,9 @@ class CompressedPool:
         self.full = False
         return n
 
+    def reset_counters(self) -> None:  # reset_stats: the event counters restart from 0
+        self.c = PoolCounters(mem_used_max=self.mem_used_total)
+
     def close(self) -> None:
         self.files.clear()
         self.lru.clear()

@@ -27,8 +27,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from . import stats
-
 if TYPE_CHECKING:
     from .cache import Cache
 
@@ -257,7 +255,7 @@ def _drop(cache: Cache, run: bool) -> None:
 
 def _reset(cache: Cache, run: bool) -> None:
     if run:
-        stats.reset(cache)
+        cache.reset_stats()
 
 
 @dataclass(frozen=True)

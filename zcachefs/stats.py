@@ -11,17 +11,13 @@ the client can use them without the engine.
 
 Must not import the engine at run time (the client imports this module: no cache,
 pool or codecs, which load ctypes, mmap, lz4 and lzo), nor pyfuse3, trio or psutil.
-Thread-safe (pure functions; `reset` runs on the cache owner's thread).
+Thread-safe (pure functions; the counters are reset by their owner, `Cache.reset_stats`).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .cache import Cache
 
 # name -> (kind, description). kind: "gauge" (a level) or "counter" (only grows until
 # reset_stats); Prometheus TYPE lines use it.
@@ -133,11 +129,3 @@ def prometheus(snap: Snapshot) -> str:
         out.append(f"# HELP {metric} {doc}\n# TYPE {metric} {kind}\n{metric} {number(value)}\n")
     return "".join(out)
 
-
-def reset(cache: Cache) -> None:
-    """Zero the event counters (gauges are levels and stay)."""
-    from .cache import CacheCounters
-    from .pool import PoolCounters
-
-    cache.c = CacheCounters()
-    cache.pool.c = PoolCounters(mem_used_max=cache.pool.mem_used_total)

@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 import trio
 
+from . import handoff
 from .cache import Cache
 
 # Pages compressed per worker call by the background compressor: 64 x 4 KiB at ~180k
@@ -71,10 +72,10 @@ class Compressor(_Task):
         cache = self.cache
         while True:
             self._wakeup = trio.Event()
-            job = cache.compress_job(COMPRESS_BATCH)
+            job = handoff.compress_job(cache, COMPRESS_BATCH)
             if job is not None:
                 done = await trio.to_thread.run_sync(job.run, limiter=self.limiter)
-                cache.admit(done)
+                handoff.admit(cache, done)
             evicted = 0
             while True:
                 n, more = cache.shrink_pool(SHRINK_BATCH)
@@ -82,8 +83,8 @@ class Compressor(_Task):
                 if not more:
                     break
                 await trio.lowlevel.checkpoint()
-            if cache.forgotten_count:
-                cache.sweep_forgotten(SWEEP_BATCH)
+            if cache.files.forgotten_count:
+                cache.files.sweep(SWEEP_BATCH)
             if job is None and not evicted:
                 await self._wakeup.wait()
             else:

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from tests.unit.test_pool import check_pool, make, noise, page, peek
-from zcachefs import codecs
+from zcachefs import codecs, handoff, writes
 from zcachefs.cache import MAX_PENDING, Cache, FileState
 from zcachefs.pagecache import Key
 from zcachefs.pool import Compressed, compress_page
@@ -67,7 +67,7 @@ def check_cache(cache: Cache) -> None:
 
 
 def compress_all(cache: Cache) -> None:
-    cache.compress_inline(len(cache.pending))
+    handoff.compress_inline(cache, len(cache.pending))
 
 
 def done(cache: Cache, batch: list[Any]) -> list[tuple[Any, Compressed]]:
@@ -108,8 +108,8 @@ def test_changing_makes_the_next_open_drop() -> None:
     state = opened(cache)
     fill(cache, state, 0, [page(0)])
     version = state.version
-    cache.changing(state)
-    cache.changing(state)
+    state.changing()
+    state.changing()
     assert state.version == version + 2 and state.sig is None
     assert not cache.opened(state, (1, 1, 1))  # same stat as before, still dropped
     assert cache.get(state.fid, 0) is None
@@ -130,19 +130,19 @@ def test_forget_file_keeps_state_while_pages_or_handles_need_it() -> None:
     cache = new_cache()
     state = opened(cache, b"a")
     fill(cache, state, 0, [page(0)])
-    cache.forget_file(b"a")  # pages still cached: the fid must stay
+    cache.files.forget(b"a")  # pages still cached: the fid must stay
     assert cache.file(b"a") is state
     cache.invalidate_file(state)
     state.opens = 1
-    cache.forget_file(b"a")  # still open
+    cache.files.forget(b"a")  # still open
     assert cache.file(b"a") is state
     state.opens = 0
-    count = cache.file_count
-    cache.forget_file(b"a")
-    assert cache.file_count == count - 1
+    count = len(cache.files)
+    cache.files.forget(b"a")
+    assert len(cache.files) == count - 1
     again = cache.file(b"a")
     assert again is not state and again.fid != state.fid and again.sig is None
-    cache.forget_file(b"never-seen")
+    cache.files.forget(b"never-seen")
 
 
 def test_a_forgotten_state_goes_when_its_last_page_leaves() -> None:
@@ -154,25 +154,25 @@ def test_a_forgotten_state_goes_when_its_last_page_leaves() -> None:
         ident = b"f%d" % i
         state = opened(cache, ident)
         fill(cache, state, 0, [page(i)])
-        cache.forget_file(ident)
-        cache.compress_inline(len(cache.pending))  # refused by the empty pool: gone
-        with_pages = sum(cache.has_pages(s.fid) for s in cache._forgotten.values())
-        assert cache.forgotten_count <= 2 * with_pages + 2
-    assert cache.file_count <= 6
-    assert cache.sweep_forgotten(cache.forgotten_count) >= 0
-    assert cache.file_count == sum(cache.has_pages(s.fid) for s in cache._files.values())
+        cache.files.forget(ident)
+        handoff.compress_inline(cache, len(cache.pending))  # refused by the empty pool: gone
+        with_pages = sum(cache.has_pages(s.fid) for s in cache.files._forgotten.values())
+        assert cache.files.forgotten_count <= 2 * with_pages + 2
+    assert len(cache.files) <= 6
+    assert cache.files.sweep(cache.files.forgotten_count) >= 0
+    assert len(cache.files) == sum(cache.has_pages(s.fid) for s in cache.files)
     cache.drop_all()
-    assert cache.file_count == cache.forgotten_count == 0
+    assert len(cache.files) == cache.files.forgotten_count == 0
 
 
 def test_a_forgotten_state_looked_up_again_is_kept() -> None:
     cache = new_cache()
     state = opened(cache, b"a")
     fill(cache, state, 0, [page(0)])
-    cache.forget_file(b"a")
-    assert cache.file(b"a") is state and cache.forgotten_count == 0
+    cache.files.forget(b"a")
+    assert cache.file(b"a") is state and cache.files.forgotten_count == 0
     cache.invalidate_file(state)
-    assert cache.sweep_forgotten(10) == 0 and cache.file(b"a") is state
+    assert cache.files.sweep(10) == 0 and cache.file(b"a") is state
 
 
 def test_read_racing_an_outside_change_is_not_cached() -> None:
@@ -280,7 +280,7 @@ def test_a_page_that_did_not_compress_is_not_compressed_again() -> None:
     compress_all(cache)  # ... and stored raw without trying the codec again
     assert (pool.raw_pages, pool.c.reject_compress_poor, pool.c.raw_skips) == (1, 1, 1)
     assert cache.get(fid, 0) == raw
-    cache.changing(state)  # a change of the page forgets what it was like
+    state.changing()  # a change of the page forgets what it was like
     cache.invalidate_range(state, 0, 1)
     assert cache.poor == {}
     check_cache(cache)
@@ -290,10 +290,10 @@ def test_admit_stores_the_batch() -> None:
     cache = new_cache(pages=1)
     state = opened(cache)
     fill(cache, state, 0, [page(0), page(1), bytes(PS), page(3)])
-    batch = cache.take_pending(10)
+    batch = handoff.take_pending(cache, 10)
     assert [p.key[1] for p in batch] == [0, 1, 2]
     assert len(cache.pending) == 3  # still readable while compressed elsewhere
-    cache.admit(done(cache, batch))
+    handoff.admit(cache, done(cache, batch))
     assert not cache.pending
     assert (cache.pool.stored_pages, cache.pool.zero_pages) == (2, 1)
     assert cache.get(state.fid, 2) == bytes(PS)
@@ -307,11 +307,11 @@ def test_admit_ignores_pages_that_changed_meanwhile(how: str) -> None:
     state = opened(cache)
     fid = state.fid
     fill(cache, state, 0, [page(0), page(1)])
-    batch = cache.take_pending(1)
+    batch = handoff.take_pending(cache, 1)
     assert batch[0].key == (fid, 0)
     result = done(cache, batch)
     if how == "invalidate_range":
-        cache.changing(state)
+        state.changing()
         cache.invalidate_range(state, 10, 20)
     elif how == "invalidate_file":
         cache.invalidate_file(state)
@@ -320,13 +320,13 @@ def test_admit_ignores_pages_that_changed_meanwhile(how: str) -> None:
     elif how == "drop_all":
         cache.drop_all()
     elif how == "rewritten_and_evicted":
-        cache.changing(state)  # a write of page 0 ...
+        state.changing()  # a write of page 0 ...
         cache.invalidate_range(state, 0, PS)
-        cache.changing(state)
+        state.changing()
         fill(cache, state, 0, [page(99)])  # ... read again ...
         fill(cache, state, 5, [page(5)])  # ... and waiting in pending again, new
         assert where(cache, (fid, 0)) == "pending"
-    cache.admit(result)
+    handoff.admit(cache, result)
     assert (fid, 0) not in cache.pool.lru
     assert cache.pool.c.puts == 0
     if how == "rewritten_and_evicted":
@@ -379,7 +379,7 @@ def test_fill_ignores_a_stale_version() -> None:
     cache = new_cache()
     state = opened(cache)
     version = state.version  # a read starts...
-    cache.changing(state)  # ...a write through the mount overlaps it
+    state.changing()  # ...a write through the mount overlaps it
     cache.invalidate_range(state, 0, PS)
     cache.fill(state, 0, [page(1)], version)
     assert cache.get(state.fid, 0) is None
@@ -424,7 +424,7 @@ def test_fill_keeps_one_copy_under_back_pressure() -> None:
 def spread(cache: Cache, state: FileState, n: int, tail: bytes = b"") -> None:
     """Pages 0..n-1 (and a short tail page n) of `state` spread over all three tiers."""
     fill(cache, state, 0, [page(i % 50) for i in range(n)] + ([tail] if tail else []))
-    cache.compress_inline(len(cache.pending) // 2)
+    handoff.compress_inline(cache, len(cache.pending) // 2)
 
 
 def test_truncate_drops_pages_past_the_new_end_and_the_tail() -> None:
@@ -742,7 +742,7 @@ class CacheMachine(RuleBasedStateMachine):
         """A write through the mount awaits the backing file (ended by end_write); the
         backing write happens at once (early) or just before the reply."""
         cache, state, data = self.cache, self.states[f], make(kind, seed, 200, length)
-        token = cache.begin_write(state, offset, length)
+        token = writes.begin_write(cache, state, offset, length)
         sigs = self._apply(f, offset, data) if early else None
         self.writes.append((f, offset, data, token, early, sigs, self.gen[f]))
 
@@ -755,7 +755,7 @@ class CacheMachine(RuleBasedStateMachine):
             sigs = self._apply(f, offset, data)
         before, after = sigs
         fresh = state.version == token.version and token.known == before
-        n = cache.end_write(state, token, offset, data, before, after)
+        n = writes.end_write(cache, state, token, offset, data, before, after)
         assert state.sig == (after if fresh else None)
         if fresh:
             event("write cached its pages" if n else "write cached nothing")
@@ -765,14 +765,14 @@ class CacheMachine(RuleBasedStateMachine):
     @rule(f=st.integers(0, FILES - 1), size=st.integers(0, 10 * PS))
     def truncate(self, f: int, size: int) -> None:
         cache, state = self.cache, self.states[f]
-        token = cache.changing(state)
+        token = state.changing()
         cache.truncate(state, size)
         b = self.backing[f]
         if size > len(b):
             b.extend(bytes(size - len(b)))
         else:
             del b[size:]
-        cache.changed(state, token)
+        state.changed(token)
         cache.truncate(state, size)
         self.unknown[f] = True
 
@@ -814,20 +814,20 @@ class CacheMachine(RuleBasedStateMachine):
     @rule(n=st.integers(1, 8), now=st.booleans())
     def take_batch(self, n: int, now: bool) -> None:
         """The background compressor takes a batch (admitted now, or by admit_batch)."""
-        batch = self.cache.take_pending(n)
+        batch = handoff.take_pending(self.cache, n)
         if batch:
             self.inflight.append(done(self.cache, batch))
         if now and self.inflight:
-            self.cache.admit(self.inflight.pop())
+            handoff.admit(self.cache, self.inflight.pop())
 
     @precondition(lambda self: self.inflight)
     @rule(pick=st.integers(0, 100))
     def admit_batch(self, pick: int) -> None:
-        self.cache.admit(self.inflight.pop(pick % len(self.inflight)))
+        handoff.admit(self.cache, self.inflight.pop(pick % len(self.inflight)))
 
     @rule(n=st.integers(1, 8), shrink=st.booleans())
     def compress_inline(self, n: int, shrink: bool) -> None:
-        self.cache.compress_inline(n)
+        handoff.compress_inline(self.cache, n)
         pool = self.cache.pool
         for _ in range(100):
             if not shrink or not pool.needs_shrink:
@@ -929,7 +929,7 @@ def test_a_plan_made_before_a_change_is_answered_but_not_cached() -> None:
     data = b"".join(page(i) for i in range(4))
     plan = cache.read(state, 0, 4 * PS)
     assert not isinstance(plan, bytes)
-    cache.changing(state)  # a write began while the read waited
+    state.changing()  # a write began while the read waited
     assert cache.fill_plan(state, plan, backing_pages(data, plan)) == data
     assert not cache.tier1 and cache.c.backing_reads == 1
 
@@ -949,14 +949,14 @@ def write(cache: Cache, state: FileState, backing: bytearray, off: int, data: by
           outside: bool = False) -> bool:
     """As the adapter writes: changing, the backing write between two signatures,
     changed, written. `outside`: another process changed the file just before."""
-    token = cache.begin_write(state, off, len(data))
+    token = writes.begin_write(cache, state, off, len(data))
     before = (len(backing), 1 if not outside else 2, 1)
     if off > len(backing):
         backing.extend(bytes(off - len(backing)))
     backing[off:off + len(data)] = data
     known = state.version == token.version and token.known == before
-    cache.end_write(state, token, off, data, before,
-                    (len(backing), 1 if not outside else 2, 1))
+    writes.end_write(cache, state, token, off, data, before,
+                     (len(backing), 1 if not outside else 2, 1))
     return known
 
 
@@ -1016,10 +1016,10 @@ def test_overlapping_writes_cache_nothing_and_the_next_open_drops() -> None:
     cache = new_cache(pages=16)
     state = opened(cache, sig=(4 * PS, 1, 1))
     sig = (4 * PS, 1, 1)
-    first = cache.begin_write(state, 0, PS)
-    second = cache.begin_write(state, 0, PS)
-    assert cache.end_write(state, second, 0, noise(1), sig, sig) == 0  # overlapped
-    assert cache.end_write(state, first, 0, noise(2), sig, sig) == 0
+    first = writes.begin_write(cache, state, 0, PS)
+    second = writes.begin_write(cache, state, 0, PS)
+    assert writes.end_write(cache, state, second, 0, noise(1), sig, sig) == 0  # overlapped
+    assert writes.end_write(cache, state, first, 0, noise(2), sig, sig) == 0
     assert state.sig is None
 
 
@@ -1028,9 +1028,9 @@ def test_a_pending_hit_does_not_stop_its_compression() -> None:
     state = opened(cache)
     fid = state.fid
     fill(cache, state, 0, [page(0), page(1)])
-    batch = cache.take_pending(1)
+    batch = handoff.take_pending(cache, 1)
     result = done(cache, batch)
     assert cache.get(fid, 0) == page(0)  # read while the compressor runs
-    cache.admit(result)
+    handoff.admit(cache, result)
     assert where(cache, (fid, 0)) == "pool"
     check_cache(cache)

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from zcachefs import stats
+from zcachefs import handoff, stats
 from zcachefs.cache import Cache
 from zcachefs.control import RENDERED, ControlError, Controls
 from zcachefs.settings import CONTROLS as KNOBS
@@ -38,7 +38,7 @@ def busy_controls() -> tuple[Controls, list[int]]:
     cache.opened(state, (1, 1, 1))
     cache.fill(state, 0, [page(i) for i in range(20)] + [bytes(PS), b"\x07" * PS],
                state.version)
-    cache.compress_inline(8)
+    handoff.compress_inline(cache, 8)
     for i in (0, 1, 15, 19, 50):
         cache.get(state.fid, i)
     calls: list[int] = []

@@ -9,7 +9,8 @@ import pytest
 
 PKG = Path(__file__).resolve().parents[2] / "zcachefs"
 CORE = ["options", "inodes", "backing", "logs", "notify", "codecs", "pool", "pagecache",
-        "cache", "stats", "control", "settings", "handles", "workers"]
+        "cache", "files", "writes", "handoff", "stats", "control", "settings", "handles",
+        "workers"]
 FORBIDDEN = {"pyfuse3", "trio", "psutil"}
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from zcachefs import handoff
 from zcachefs.cache import Cache
 from zcachefs.pressure import PressureWatcher, Sample
 
@@ -15,8 +16,8 @@ def filled_cache() -> Cache:
     for i in range(6000):
         cache.fill(state, i, [text[: 4096 - (i % 7)] + bytes(i % 7)], state.version)
         if len(cache.pending.items) > 200:
-            cache.compress_inline(200)
-    cache.compress_inline(len(cache.pending.items))
+            handoff.compress_inline(cache, 200)
+    handoff.compress_inline(cache, len(cache.pending.items))
     return cache
 
 
