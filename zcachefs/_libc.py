@@ -83,9 +83,9 @@ def fchownat(dirfd: int, name: bytes, uid: int, gid: int, flags: int) -> None:
            "fchownat")
 
 
-def utimensat(dirfd: int, name: bytes, times: tuple[Timespec, Timespec], flags: int
+def utimensat(dirfd: int, name: bytes, atime: Timespec, mtime: Timespec, flags: int
               ) -> None:
-    _check(_libc.utimensat(dirfd, name, (Timespec * 2)(*times), flags), "utimensat")
+    _check(_libc.utimensat(dirfd, name, (Timespec * 2)(atime, mtime), flags), "utimensat")
 
 
 # -- file handles -----------------------------------------------------------------------

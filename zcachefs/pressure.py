@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import psutil
 import trio
 
-from . import backing
+from . import process
 from .cache import Cache
 from .memory import cgroup_memory_dir
 from .pool import Slab
@@ -219,7 +219,7 @@ class PressureWatcher:
             excess = deficit - (used - pool.mem_used_total)
             if excess > 0:  # the pool alone was not enough: tier 1 gives way too
                 self.cache.drop_oldest(excess // self.cache.page_size + 1)
-            backing.malloc_trim()
+            process.malloc_trim()
             self.cache.c.pressure_shrinks += 1
             self.last_release_s = time.monotonic() - t0
             log.info("memory pressure (headroom %d, min_free %d, psi %.1f): pool capped at "
