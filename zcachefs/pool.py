@@ -263,7 +263,7 @@ class CompressedPool:
         return page
 
     def _decode(self, entry: _Entry) -> bytes | None:
-        """The page an entry holds; None if the kernel reclaimed part of it (see
+        """The page an entry holds; None if the kernel reclaimed part of it (slabs.py:
         Volatile slabs) or it does not decompress."""
         if entry.slab is None:
             return bytes((entry.slot,)) * entry.length
