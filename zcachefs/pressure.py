@@ -7,13 +7,13 @@ its working set (usage minus inactive file pages, which the kernel reclaims firs
 When the headroom is below `min_free`, or PSI memory "some avg10" is at least
 `pressure_psi`, it first makes the pool's slabs volatile (MADV_FREE, see slabs.py: the
 kernel may then take them back at reclaim speed, faster than any eviction), then caps
-the pool below its memlimit by the deficit (and at least 1/8 of the pool), shrinks
-tier 1 likewise, evicts at once and returns freed heap memory to the OS
-(malloc_trim); the pool's slabs are munmapped as they empty. When the headroom is back
-above twice `min_free` and PSI is calm, the cap rises by 1/8 of memlimit per tick until
-it is lifted; then the slabs become ordinary memory again. While they are volatile,
-the headroom does not count them as reclaimable, and the entries on pages the kernel
-discarded are found with mincore and dropped.
+the pool below its memlimit by the deficit (and at least 1/8 of the pool and 1 MiB),
+evicts at once, drops tier-1 pages for what the pool could not give, and returns freed
+heap memory to the OS (malloc_trim); the pool's slabs are munmapped as they empty.
+When the headroom is back above twice `min_free` and PSI is calm, the cap rises by 1/8
+of memlimit per tick until it is lifted; then the slabs become ordinary memory again.
+While they are volatile, the headroom does not count them as reclaimable, and the
+entries on pages the kernel discarded are found with mincore and dropped.
 
 Two halves. The *first aid* runs on its own OS thread, blocked in poll(2) on every
 notification the kernel offers (a cgroup v1 usage-threshold eventfd, a PSI trigger on
@@ -22,7 +22,7 @@ sampling every interval: on pressure it makes the slabs volatile itself, without
 event loop, so the guarantee (applications never die for our cache) does not depend
 on the trio thread being scheduled in time; then it wakes the trio task. The trio
 task does everything that touches the cache's tables (cap, eviction, tier 1,
-reconciling, relaxing), as before. What the thread may touch is the rule in
+reconciling, relaxing). What the thread may touch is the rule in
 docs/design.md ("Concurrency rules").
 
 This module is the policy (when to react, and how much); `memory` does the measuring
