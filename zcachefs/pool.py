@@ -59,14 +59,17 @@ ENTRY_OVERHEAD = 304
 EVICT_WINDOW = 8
 GHOSTS_MIN = 1024  # ghost keys kept however small the pool
 
-@dataclass(slots=True, eq=False)
 class _Entry:
-    length: int  # uncompressed bytes
-    codec: int  # 0: same-filled, `slot` holds the fill byte
-    slab: Slab | None
-    slot: int
-    size: int  # compressed bytes
-    referenced: bool
+    __slots__ = ("codec", "length", "referenced", "size", "slab", "slot")
+
+    def __init__(self, length: int, codec: int, slab: Slab | None, slot: int, size: int,
+                 referenced: bool) -> None:
+        self.length = length  # uncompressed bytes
+        self.codec = codec  # 0: same-filled, `slot` holds the fill byte
+        self.slab = slab
+        self.slot = slot
+        self.size = size  # compressed bytes
+        self.referenced = referenced
 
 
 @dataclass
