@@ -8,9 +8,8 @@ full. Loads are NOT exclusive: a hit decompresses and keeps the compressed copy 
 referenced), so serving a page from the pool costs one decompression and no later
 recompression. A newer store of a key replaces the older; invalidation drops it.
 
-Memory: compressed pages live in the size-classed slots of a `slabs.SlabArena`, whose
-empty slabs are unmapped. While memory is short they are volatile (slabs.py): a load
-whose page the kernel discarded drops the entry (`reclaimed_pages`), a miss.
+Memory: the size-classed slots of a `slabs.SlabArena` (empty slabs are unmapped; while
+memory is short they are volatile: a page the kernel discarded is a miss, counted).
 
 Limit and eviction (docs/design.md, "Cache invariants", has the measurements): a store
 that would pass the limit is refused and marks the pool full (pool_limit_hit); while
@@ -327,10 +326,7 @@ class CompressedPool:
         return n
 
     def invalidate_from(self, fid: int, first: int) -> int:
-        pages = self.files.get(fid)
-        if not pages:
-            return 0
-        return self.invalidate_pages(fid, [i for i in pages if i >= first])
+        return self.invalidate_pages(fid, [i for i in self.files.get(fid, ()) if i >= first])
 
     # -- eviction -------------------------------------------------------------------
 
@@ -408,9 +404,8 @@ class CompressedPool:
 
     def drop_reclaimed(self, slabs: list[Slab] | None = None) -> int:
         """Drop every entry the kernel discarded part of (slabs.py: Volatile slabs), so
-        that mem_used_total counts what the pool really holds again; returns how many.
-        Looks at `slabs` (default: all; slabs unmapped since are skipped): callers with
-        a large pool pass them in batches between awaits."""
+        that mem_used_total counts what the pool holds again; returns how many. Looks at
+        `slabs` (default: all, or a batch between awaits; unmapped ones are skipped)."""
         arena = self.arena
         if not arena.lazy:
             return 0
@@ -448,9 +443,8 @@ class CompressedPool:
         return self.arena.mark_lazy_free()
 
     def set_volatile(self, on: bool) -> None:
-        """Memory is short (on): let the kernel take pool pages itself, at once. Over
-        (off): drop what it took, then make the rest ordinary memory again, so that
-        the kernel does not prefer discarding the pool to discarding page cache."""
+        """On (memory is short): let the kernel take pool pages itself, at once. Off: drop
+        what it took, then make the rest ordinary memory (else it goes before page cache)."""
         if not on:
             self.drop_reclaimed()
         self.arena.set_volatile(on)
