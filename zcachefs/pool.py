@@ -11,15 +11,14 @@ recompression. A newer store of a key replaces the older; invalidation drops it.
 Memory: the size-classed slots of a `slabs.SlabArena` (empty slabs are unmapped; while
 memory is short they are volatile: a page the kernel discarded is a miss, counted).
 
-Limit and eviction (docs/design.md, "Cache invariants", has the measurements): a store
-that would pass the limit is refused and marks the pool full (pool_limit_hit); while
-full, stores are refused until the shrinker has evicted down to
-`accept_threshold_percent` of the limit (zswap's hysteresis). Eviction is CLOCK over
-the least-recently-stored order and weighs bytes: of the `EVICT_WINDOW` oldest
-unreferenced entries the largest goes first. Raw pages take only free room (below
-`accept_threshold_percent`, never evicting anything) and are evicted first, so a raw
-page never pushes out the three or four compressed pages its bytes could hold.
-`shrink()` works in bounded batches so a caller never waits for a long shrink.
+Limit and eviction (measurements in docs/design.md, "Cache invariants"): a store that
+would pass the limit is refused and marks the pool full (pool_limit_hit); while full,
+stores are refused until the shrinker has evicted down to `accept_threshold_percent` of
+the limit (zswap's hysteresis). Eviction is CLOCK over the least-recently-stored order,
+weighing bytes: of the `EVICT_WINDOW` oldest unreferenced entries the largest goes
+first. Raw pages take only free room (below `accept_threshold_percent`, evicting
+nothing) and are evicted first, so a raw page never pushes out the three or four
+compressed pages its bytes could hold. `shrink()` works in bounded batches.
 
 Admission near the limit (above `accept_threshold_percent`): only pages seen lately
 (a key evicted or refused, remembered as a "ghost", as many as the pool has entries) may
@@ -435,8 +434,7 @@ class CompressedPool:
         return self.arena.lazy  # some slab may hold lazy-free pages
 
     def slabs(self) -> list[Slab]:
-        """The mapped slabs, oldest first (a snapshot, for drop_reclaimed batches)."""
-        return list(self.arena.all)
+        return list(self.arena.all)  # a snapshot, oldest first (for drop_reclaimed)
 
     def mark_lazy_free(self) -> int:
         """First aid (SlabArena.mark_lazy_free): the one call safe from another thread."""
@@ -460,8 +458,7 @@ class CompressedPool:
 
     def set_pressure_cap(self, cap: int | None) -> None:
         """Cap the pool below memlimit while memory is short (None: no cap; 0: none)."""
-        if cap is not None:
-            _check("pressure cap", cap, 0, None)
+        _check("pressure cap", 0 if cap is None else cap, 0, None)
         self.pressure_cap = cap
         if self.mem_used_total > self.limit:
             self.full = True
