@@ -2,57 +2,45 @@
 
 Role: every call zcachefs makes on SOURCE goes through an O_PATH descriptor of the
 inode it concerns (or of its parent directory) and never through a path that could
-loop back into the mount, so SOURCE may be the mountpoint itself. The few calls that
-need AT_EMPTY_PATH or flags the os module does not offer (renameat2, fchownat,
-per-thread credentials) are made through ctypes here.
+loop back into the mount, so SOURCE may be the mountpoint itself. A `Ref` says how a
+worker reaches an inode: a kernel file handle reopened for each call, or a held O_PATH
+descriptor. The few calls that need AT_EMPTY_PATH or flags the os module does not
+offer (renameat2, fchownat, utimensat, file handles) go through `_libc`; the caller's
+credentials are `creds`' business.
 
-Caller identity: when the daemon runs as root, each blocking call runs in a worker
-thread that first takes the caller's fsuid, fsgid and supplementary groups. Those are
-per-thread on Linux (the raw syscalls, not glibc's process-wide setgroups), so the
-backing filesystem itself does every permission check, ACLs and sticky bits included,
-and new files get the right owner.
-
-Must not import pyfuse3, trio or psutil. Functions are thread-safe; `as_caller` changes
-only the calling thread's credentials and restores them before returning.
+Must not import pyfuse3, trio or psutil. Functions are thread-safe and block: the
+adapter runs them in worker threads (with `creds.call_as`); `Ref` and `Found` are
+immutable, so they may cross threads.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import os
-import platform
 import stat as stat_mod
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TypeVar
 
-from .inodes import Ref
-
-T = TypeVar("T")
-
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+from . import _libc
+from ._libc import AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW
+from .creds import as_daemon, can_switch_credentials, drops_privileges_only
 
 AT_FDCWD = -100
-AT_SYMLINK_NOFOLLOW = 0x100
-AT_EMPTY_PATH = 0x1000
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
-
-# Raw syscall numbers for per-thread setgroups (glibc's wrapper changes every thread).
-_SYS_SETGROUPS = {"x86_64": 116, "aarch64": 159, "ppc64le": 81, "s390x": 206,
-                  "riscv64": 159}.get(platform.machine())
 
 O_PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def _check(ret: int, what: str) -> None:
-    if ret < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
+@dataclass(frozen=True, slots=True)
+class Ref:
+    """How a worker thread reaches a backing inode (immutable, so safe to share)."""
+
+    fd: int  # a held O_PATH descriptor, or -1 to reopen `handle` for each call
+    handle: bytes  # struct file_handle as bytes (b"" if the filesystem has none)
+    mount_fd: int  # a descriptor on the handle's filesystem for open_by_handle_at
 
 
 def proc_path(fd: int) -> str:
@@ -65,7 +53,7 @@ def renameat2(olddir: int, old: bytes, newdir: int, new: bytes, flags: int) -> N
     if flags == 0:
         os.rename(old, new, src_dir_fd=olddir, dst_dir_fd=newdir)
         return
-    _check(_libc.renameat2(olddir, old, newdir, new, ctypes.c_uint(flags)), "renameat2")
+    _libc.renameat2(olddir, old, newdir, new, flags)
 
 
 def _lstat_or_none(name: bytes, dirfd: int) -> os.stat_result | None:
@@ -77,96 +65,12 @@ def _lstat_or_none(name: bytes, dirfd: int) -> os.stat_result | None:
 
 def fchown_path(fd: int, uid: int, gid: int) -> None:
     """chown an O_PATH descriptor without following a symlink (-1 leaves a field)."""
-    _check(_libc.fchownat(fd, b"", ctypes.c_uint(uid & 0xFFFFFFFF),
-                          ctypes.c_uint(gid & 0xFFFFFFFF),
-                          AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW), "fchownat")
+    _libc.fchownat(fd, b"", uid, gid, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW)
 
 
 def read_link(fd: int) -> bytes:
     """readlink of an O_PATH descriptor of a symlink."""
     return os.fsencode(os.readlink("", dir_fd=fd))
-
-
-@dataclass(frozen=True, slots=True)
-class Caller:
-    """Who asked: the ids the kernel reported for one request."""
-
-    uid: int
-    gid: int
-    pid: int
-
-
-def can_switch_credentials() -> bool:
-    """True when this process may act as other users (it runs as root)."""
-    return os.geteuid() == 0 and _SYS_SETGROUPS is not None
-
-
-def supplementary_groups(pid: int) -> list[int]:
-    """The caller's supplementary groups, from /proc/PID/status (empty if it is gone)."""
-    try:
-        with open(f"/proc/{pid}/status", "rb") as f:
-            for line in f:
-                if line.startswith(b"Groups:"):
-                    return [int(g) for g in line.split()[1:]]
-    except OSError:
-        pass
-    return []
-
-
-@contextmanager
-def as_caller(caller: Caller) -> Iterator[None]:
-    """Run the body with the caller's filesystem credentials (this thread only)."""
-    if caller.uid == 0:
-        yield
-        return
-    groups = supplementary_groups(caller.pid)
-    arr = (ctypes.c_uint * max(1, len(groups)))(*groups)
-    _check(_libc.syscall(_SYS_SETGROUPS, len(groups), arr), "setgroups")
-    _libc.setfsgid(caller.gid)
-    _libc.setfsuid(caller.uid)
-    try:
-        yield
-    finally:
-        _libc.setfsuid(0)
-        _libc.setfsgid(0)
-        _libc.syscall(_SYS_SETGROUPS, 0, None)
-
-
-@contextmanager
-def as_daemon() -> Iterator[None]:
-    """Run the body with the daemon's own (root) filesystem ids, inside `as_caller`."""
-    uid = _libc.setfsuid(0)
-    gid = _libc.setfsgid(0)
-    try:
-        yield
-    finally:
-        _libc.setfsgid(gid)
-        _libc.setfsuid(uid)
-
-
-_SUID_SGID = stat_mod.S_ISUID | stat_mod.S_ISGID
-
-
-def drops_privileges_only(current: int, new: int) -> bool:
-    """True when chmod(current -> new) clears setuid and/or setgid and changes nothing
-    else (or nothing at all).
-
-    This is what the kernel asks of a FUSE filesystem before a write, truncate or
-    chown by a process without CAP_FSETID (fuse_setattr turns ATTR_KILL_SUID/SGID into
-    a mode change, sent with the writer's ids, and libfuse does not enable
-    FUSE_HANDLE_KILLPRIV for pyfuse3): ext4 clears the bits for a non-owner writer, so
-    we must too, and the caller's own chmod would fail with EPERM. Under
-    default_permissions a non-owner's chmod(2) never reaches the daemon (the kernel
-    refuses it), so such a request can only be the kernel's."""
-    return new & ~_SUID_SGID == current & ~_SUID_SGID and new & _SUID_SGID & ~current == 0
-
-
-def call_as(caller: Caller | None, fn: Callable[..., T], *args: object) -> T:
-    """Call fn(*args) with the caller's credentials (None: the daemon's own)."""
-    if caller is None or caller.uid == 0:
-        return fn(*args)
-    with as_caller(caller):
-        return fn(*args)
 
 
 # preadv2 flag: read through the page cache but drop what the read brought in once it
@@ -243,81 +147,16 @@ def write_at(fd: int, data: bytes, offset: int) -> tuple[int, Sig, Sig]:
     return n, before, _sig(os.fstat(fd))
 
 
-def malloc_trim() -> None:
-    """Give free heap memory back to the OS (freed tier-1 pages sit on malloc's lists).
-    Releases the GIL (ctypes), so it may run in a worker thread."""
-    _libc.malloc_trim(0)
-
-
-_M_ARENA_MAX = -8
-_M_MMAP_THRESHOLD = -3
-
-
-def tune_malloc() -> None:
-    """One malloc arena for the whole daemon (call before any thread starts).
-
-    glibc gives each thread that allocates its own arena (up to 8 per core); the worker
-    threads' arenas keep the read buffers they freed, and pages of tier 1 allocated in
-    them pin whole heaps: RSS crept up ~40 MiB over 10 minutes. Every allocation here
-    happens with the GIL held, so one arena costs no contention.
-
-    And a fixed mmap threshold of 128 KiB: glibc raises it (up to 32 MiB) each time an
-    mmapped block is freed, after which the 128 KiB read buffers of cache misses are
-    carved from the heap between tier-1 pages and fragment it (the heap grew 28 -> 38
-    MiB in 3 minutes of random reads; fixed: 25 -> 27). Measured cost on 128 KiB
-    misses: none above noise (340-411 vs 347-374 MB/s)."""
-    _libc.mallopt(_M_ARENA_MAX, 1)
-    _libc.mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
-
-
-def raise_nofile_limit() -> int:
-    """Raise RLIMIT_NOFILE as far as allowed: one O_PATH fd is held per known inode."""
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard
-    if os.geteuid() == 0:
-        try:
-            with open("/proc/sys/fs/nr_open") as f:
-                target = max(hard, int(f.read()))
-        except (OSError, ValueError):
-            pass
-    for limit in (target, hard):
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
-            return limit
-        except (ValueError, OSError):
-            continue
-    return soft
-
-
-
 # -- file handles ------------------------------------------------------------------
-
-_MAX_HANDLE_SZ = 128
-
-
-class _FileHandle(ctypes.Structure):
-    _fields_ = (("handle_bytes", ctypes.c_uint), ("handle_type", ctypes.c_int),
-                ("f_handle", ctypes.c_ubyte * _MAX_HANDLE_SZ))
-
 
 def name_to_handle(fd: int) -> tuple[bytes, int]:
     """(file handle as bytes, mount id) of an O_PATH descriptor."""
-    fh = _FileHandle()
-    fh.handle_bytes = _MAX_HANDLE_SZ
-    mount_id = ctypes.c_int()
-    _check(_libc.name_to_handle_at(fd, b"", ctypes.byref(fh), ctypes.byref(mount_id),
-                                   AT_EMPTY_PATH), "name_to_handle_at")
-    return bytes(fh)[:8 + fh.handle_bytes], mount_id.value
+    return _libc.name_to_handle_at(fd, b"", AT_EMPTY_PATH)
 
 
 def open_handle(mount_fd: int, handle: bytes, flags: int) -> int:
     """open_by_handle_at(2); ESTALE when the file no longer exists."""
-    buf = ctypes.create_string_buffer(handle, len(handle))
-    fd = _libc.open_by_handle_at(mount_fd, buf, flags)
-    _check(fd, "open_by_handle_at")
-    return int(fd)
+    return _libc.open_by_handle_at(mount_fd, handle, flags)
 
 
 # Flags of the caller's open(2) that must not reach the daemon's reopen of the inode:
@@ -362,7 +201,7 @@ def cache_off(fd: int, mode: int) -> bool:
 class Backing:
     """The backing directory SOURCE; all methods block and run in worker threads.
 
-    Inodes are reached through `Ref`s (see inodes.py). Methods raise OSError.
+    Inodes are reached through `Ref`s. Methods raise OSError.
     """
 
     def __init__(self, root_fd: int) -> None:
@@ -629,24 +468,20 @@ class Backing:
             os.removexattr(path, name)
 
 
-class _Timespec(ctypes.Structure):
-    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
-
-
-_UTIME_NOW = (1 << 30) - 1
-_UTIME_OMIT = (1 << 30) - 2
-
-
 def _set_link_times(pfd: int, times: tuple[int, int]) -> None:
     """utimensat(2) on the O_PATH descriptor itself (AT_EMPTY_PATH, Linux 5.8+): the
     only way to reach a symlink's own times without its name."""
     atime, mtime = times
     if atime == mtime and abs(time.time_ns() - atime) < _NOW_SLACK_NS:
-        spec = [_Timespec(0, _UTIME_NOW), _Timespec(0, _UTIME_NOW)]
+        now = _libc.Timespec(0, _libc.UTIME_NOW)
+        _libc.utimensat(pfd, b"", now, now, AT_EMPTY_PATH)
     else:
-        spec = [_Timespec(0, _UTIME_OMIT) if t == -1 else _Timespec(*divmod(t, 10**9))
-                for t in (atime, mtime)]
-    _check(_libc.utimensat(pfd, b"", (_Timespec * 2)(*spec), AT_EMPTY_PATH), "utimensat")
+        _libc.utimensat(pfd, b"", _timespec(atime), _timespec(mtime), AT_EMPTY_PATH)
+
+
+def _timespec(ns: int) -> _libc.Timespec:
+    """A time in ns as a timespec; -1 leaves that time as it is (UTIME_OMIT)."""
+    return _libc.Timespec(0, _libc.UTIME_OMIT) if ns == -1 else _libc.Timespec(*divmod(ns, 10**9))
 
 
 def _set_times(path: str, times: tuple[int, int]) -> None:

@@ -441,6 +441,40 @@ class Cache:
     def set_compressor(self, name: str) -> None:
         self.codec = codecs.get(name)
 
+    # -- memory pressure (the pressure watcher's reactions; trio thread, no await) ----
+
+    def give_back(self, pool_bytes: int, total_bytes: int) -> int:
+        """Memory is short: cap the pool `pool_bytes` below what it holds (or its limit,
+        if lower) and evict down to the cap at once; if that freed less than
+        `total_bytes`, drop tier-1 pages for the rest (`drop_oldest`). Counts a
+        pressure_shrink; returns the bytes the pool freed."""
+        pool = self.pool
+        used = pool.mem_used_total
+        pool.set_pressure_cap(max(0, min(pool.limit, used) - pool_bytes))
+        while pool.needs_shrink:
+            pool.shrink(4096)
+            if not pool.last_scanned:
+                break
+        excess = total_bytes - (used - pool.mem_used_total)
+        if excess > 0:  # the pool alone was not enough: tier 1 gives way too
+            self.drop_oldest(excess // self.page_size + 1)
+        self.c.pressure_shrinks += 1
+        return used - pool.mem_used_total
+
+    def relax(self) -> bool:
+        """Memory is plentiful again: raise the pool's pressure cap by an eighth of
+        memlimit (at least 1 MiB; lifted once it reaches memlimit) and tier 1's capacity
+        by an eighth of its configured size. True if this call lifted the cap."""
+        pool = self.pool
+        lifted = False
+        if pool.pressure_cap is not None:
+            cap = pool.pressure_cap + max(pool.memlimit // 8, 1 << 20)
+            pool.set_pressure_cap(None if cap >= pool.memlimit else cap)
+            lifted = pool.pressure_cap is None
+        if self.capacity < self.configured:
+            self.capacity = min(self.configured, self.capacity + max(1, self.configured // 8))
+        return lifted
+
 
 def _cut(pages: list[bytes], start: int, size: int) -> bytes:
     """The `size` bytes at `start` of the pages joined (no copy for a whole page)."""

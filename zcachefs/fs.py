@@ -31,10 +31,11 @@ import pyfuse3
 import trio
 from pyfuse3 import FUSEError
 
-from . import backing, writes
-from .backing import POLICY_XATTR, Backing, Caller
+from . import backing, process, writes
+from .backing import POLICY_XATTR, Backing
 from .cache import Cache, ReadPlan
 from .control import Controls
+from .creds import Caller
 from .ctldir import ControlDir, Refused
 from .entries import Entries
 from .handles import DirHandle, FileHandle, Handles
@@ -129,7 +130,7 @@ class Operations(pyfuse3.Operations):
         """After a knob change: act on it now, and return memory a smaller cache_size
         or drop_caches freed to the OS (RSS falls, not just malloc's free lists)."""
         self.compressor.wake()
-        backing.malloc_trim()
+        process.malloc_trim()
 
     def close_all(self) -> None:
         """Close every descriptor (after the session has ended)."""

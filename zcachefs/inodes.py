@@ -1,9 +1,9 @@
 """The inode table: FUSE node ids <-> backing inodes, with kernel lookup counts.
 
-Role: each inode the kernel knows is one `Inode` with a `Ref` that reaches the backing
-inode: a file handle (name_to_handle_at) that a worker reopens for each call, so a tree
-of any size costs no descriptors; or, where handles cannot be opened (a non-root
-daemon, a filesystem mounted below SOURCE), a held O_PATH descriptor. Hard links resolve
+Role: each inode the kernel knows is one `Inode` with a `backing.Ref` that reaches the
+backing inode: a file handle (name_to_handle_at) that a worker reopens for each call,
+so a tree of any size costs no descriptors; or, where handles cannot be opened (a
+non-root daemon, a filesystem mounted below SOURCE), a held O_PATH descriptor. Hard links resolve
 to the same `Inode`. When the kernel's lookup count drops to zero (forget) the entry
 goes and a held descriptor is handed back to the caller to close.
 
@@ -15,8 +15,9 @@ the same numbers as the plain directory), a synthetic id above 2**63 for files o
 filesystems mounted below SOURCE or on a clash; the root is always pyfuse3's
 ROOT_INODE (1).
 
-Must not import pyfuse3, trio or psutil; no system calls (descriptors and handles are
-only stored and returned). Not thread-safe: used from the trio thread only, never across an await.
+Must not import pyfuse3, trio or psutil; imports `backing` only for the `Ref` type; no
+system calls (descriptors and handles are only stored and returned). Not thread-safe:
+used from the trio thread only, never across an await.
 """
 
 from __future__ import annotations
@@ -24,18 +25,11 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 
+from .backing import Ref
+
 ROOT_NODEID = 1
 CONTROL_BASE = 1 << 62  # node ids from here on are the control files' (ctldir.py)
 _SYNTHETIC_BASE = 1 << 63
-
-
-@dataclass(frozen=True, slots=True)
-class Ref:
-    """How a worker thread reaches a backing inode (immutable, so safe to share)."""
-
-    fd: int  # a held O_PATH descriptor, or -1 to reopen `handle` for each call
-    handle: bytes  # struct file_handle as bytes (b"" if the filesystem has none)
-    mount_fd: int  # a descriptor on the handle's filesystem for open_by_handle_at
 
 
 @dataclass(eq=False, slots=True)

@@ -29,7 +29,7 @@ from collections.abc import Callable
 import pyfuse3
 import trio
 
-from . import backing, logs, notify
+from . import logs, notify, process
 from .fs import Operations
 from .options import MountOptions
 from .pressure import PressureWatcher
@@ -94,8 +94,8 @@ def run(source: str, mountpoint: str, opts: MountOptions, foreground: bool,
     signals = SignalWatcher(_stop)
     signals.install()
     logs.setup(opts.debug, daemon=not foreground)
-    nofile = backing.raise_nofile_limit()
-    backing.tune_malloc()
+    nofile = process.raise_nofile_limit()
+    process.tune_malloc()
     os.umask(0)  # the kernel applied the caller's umask already
     ops = Operations(root_fd, opts, ram)
     auto_inval = auto_inval_data(ops, opts)
@@ -163,7 +163,7 @@ async def _serve(ops: Operations, signals: SignalWatcher, ready: Callable[[], bo
             nursery.cancel_scope.cancel()
             return
         nursery.start_soon(ops.compressor.run)
-        nursery.start_soon(HeapTrimmer(ops.cache, backing.malloc_trim).run)
+        nursery.start_soon(HeapTrimmer(ops.cache, process.malloc_trim).run)
         if ops.opts.pressure:
             watcher = PressureWatcher(ops.cache, ops.opts.min_free, ops.opts.pressure_psi,
                                       ops.opts.pressure_interval, ops.compressor.wake)

@@ -8,65 +8,44 @@ full. Loads are NOT exclusive: a hit decompresses and keeps the compressed copy 
 referenced), so serving a page from the pool costs one decompression and no later
 recompression. A newer store of a key replaces the older; invalidation drops it.
 
-Memory: compressed pages live in slabs (anonymous mmaps) split into slots of one size
-class each, the zsmalloc idea: a slab whose last object goes is unmapped, so freed pool
-memory returns to the operating system instead of fragmenting the malloc heap.
+Memory: the size-classed slots of a `slabs.SlabArena` (empty slabs are unmapped; while
+memory is short they are volatile: a page the kernel discarded is a miss, counted).
 
-Volatile slabs: every slot is written with a CRC-32 of its bytes. While memory is
-short (`set_volatile(True)`, called by the pressure watcher) every used page is marked
-MADV_FREE, and so is every slot written meanwhile: the data stays, but the kernel may
-discard those pages whenever it needs memory (they sit on the inactive file LRU, so
-this works without swap), at reclaim speed, before any OOM kill: an application that
-allocates faster than the daemon can evict (usemem) takes the pool's memory from the
-kernel. A discarded page reads back as zeros; the checksum catches it at load, the
-entry is dropped and counted (`reclaimed_pages`), and the page is read from the file
-again. When the pressure is over (`set_volatile(False)`) the pages still resident are
-written back one byte each, which makes them ordinary memory again: always volatile,
-the pool would be discarded before the page cache it is meant to outlive (measured:
-random reads in a 256 MiB budget at 0.71x of plain instead of 1.29x).
-
-`mem_used_total` = mapped slab bytes (slot rounding and free slots included) + a
-measured per-entry cost of the index (`ENTRY_OVERHEAD`).
-
-Limit and eviction: a store that would pass `memlimit` is refused and marks the pool
-full (pool_limit_hit); while full, stores are refused until the shrinker has evicted
-down to `accept_threshold_percent` of the limit (zswap's hysteresis). Eviction is
-CLOCK over the least-recently-stored order (a page hit since its last look gets a
-second chance) and weighs bytes: of the `EVICT_WINDOW` oldest unreferenced entries the
-largest goes first. Raw pages are weighed hardest: they take only free room (below
-`accept_threshold_percent` of the limit, never evicting anything for themselves), and
-they are evicted first (CLOCK among them), so a raw page never pushes out the three or
-four compressed pages its bytes could hold; when the pool has room for both, both stay.
-`shrink()` works in bounded batches so a caller never waits for a long shrink.
+Limit and eviction (measurements in docs/design.md, "Cache invariants"): a store that
+would pass the limit is refused and marks the pool full (pool_limit_hit); while full,
+stores are refused until the shrinker has evicted down to `accept_threshold_percent` of
+the limit (zswap's hysteresis). Eviction is CLOCK over the least-recently-stored order,
+weighing bytes: of the `EVICT_WINDOW` oldest unreferenced entries the largest goes
+first. Raw pages take only free room (below `accept_threshold_percent`, evicting
+nothing) and are evicted first, so a raw page never pushes out the three or four
+compressed pages its bytes could hold. `shrink()` works in bounded batches.
 
 Admission near the limit (above `accept_threshold_percent`): only pages seen lately
 (a key evicted or refused, remembered as a "ghost", as many as the pool has entries) may
 take an older page's place; a page never seen is remembered and refused (`reject_cold`).
-Under plain LRU or CLOCK a loop over more data than the pool holds never hits (each
-page is evicted before the loop comes back to it); here the pool keeps a stable part
-of the loop, as a frequency-aware cache would, at the price of one extra miss for a
-page of a new working set once the pool is full.
+Under plain LRU or CLOCK a loop over more data than the pool never hits; here the pool
+keeps a stable part of it, at the price of one extra miss per page of a new working set.
 
 Invariants (checked by tests after every operation):
-- mem_used_total == arena bytes + ENTRY_OVERHEAD * (stored + same-filled entries)
+- mem_used_total == arena bytes (mapped slabs, slot rounding and free slots included)
+  + ENTRY_OVERHEAD (the measured index cost) * (stored + same-filled entries)
 - after a store returns True, mem_used_total <= limit (= memlimit, or the lower
   pressure cap; same-filled pages excepted: they cost only their index entry)
 - a key is in `files` iff it is in `lru`
 
 Pure core: must not import pyfuse3, trio or psutil. Not thread-safe: one thread owns
-a pool; compression may happen elsewhere (see `compress_page`).
+a pool; compression may happen elsewhere (see `compress_page`); the pressure watcher's
+OS thread may call `mark_lazy_free` only (rule 6 in docs/design.md).
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import mmap
-import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
 
 from . import codecs
+from .compress import RAW, Compressed, compress_page
+from .slabs import Slab, SlabArena, slab_size
 
 # Bytes of index per stored page: the _Entry (slots object), its key tuple, one slot in
 # the per-file dict and one OrderedDict node. Measured with tracemalloc on CPython 3.11
@@ -77,262 +56,6 @@ ENTRY_OVERHEAD = 304
 # search stays a fixed ~2 us per eviction.
 EVICT_WINDOW = 8
 GHOSTS_MIN = 1024  # ghost keys kept however small the pool
-RAW = codecs.BY_NAME["none"].id  # entries stored as they are use the identity codec
-
-SLAB_BYTES = 256 * 1024  # default slab; pools pick 64 KiB..1 MiB by memlimit (slab_size)
-HEADER = 4  # per slot: CRC-32 of the compressed bytes, little-endian
-_PAGE_MASK = mmap.PAGESIZE - 1
-
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
-
-
-def resident_pages(buf: mmap.mmap) -> bytes:
-    """mincore(2) of a mapping: one byte per page, bit 0 set if the page is in memory
-    (for a lazy-free page: not yet discarded by the kernel)."""
-    n = (len(buf) + _PAGE_MASK) // mmap.PAGESIZE
-    vec = ctypes.create_string_buffer(n)
-    view = ctypes.c_char.from_buffer(buf)
-    try:
-        if _libc.mincore(ctypes.addressof(view), len(buf), vec) != 0:
-            raise OSError(ctypes.get_errno(), "mincore failed")
-    finally:
-        del view  # release the buffer export, or the mmap can never be closed
-    return vec.raw
-
-
-def slab_size(memlimit: int, max_object: int) -> int:
-    """About memlimit/256, a power of two from 64 KiB to 256 KiB, at least 16 objects.
-
-    Small slabs waste less in partly filled size classes (32 classes x one partial slab:
-    with 1 MiB slabs, 23 MiB of pages took 53 MiB in a 1 GiB pool; with 256 KiB, 37);
-    256 KiB keeps a 10 GiB pool at 40,960 mappings, below vm.max_map_count (65,530)."""
-    size = 64 * 1024
-    while size < 1 << 18 and size * 256 < memlimit:
-        size *= 2
-    return max(size, 16 * max_object)
-
-
-@dataclass(frozen=True, slots=True)
-class Compressed:
-    """The result of `compress_page` (computed anywhere, admitted by the pool)."""
-
-    length: int  # uncompressed length of the page
-    codec: int  # codec id, or 0 for a same-filled page
-    blob: bytes  # compressed bytes; for a same-filled page, the one fill byte
-    # Does not compress to the threshold: `blob` is the page itself (codec RAW), stored
-    # raw when the pool allows it. `tried`: the codec ran (False: known poor, skipped).
-    poor: bool = False
-    tried: bool = True
-
-
-def compress_page(codec: codecs.Codec, page: bytes, threshold: int,
-                  known_poor: bool = False) -> Compressed:
-    """Compress one page for the pool; a page known not to compress is not tried
-    again. Thread-safe; releases the GIL in the codec."""
-    first = page[:1]
-    # Same-filled? Compare with a filled copy (a memset and a memcmp, ~0.5 us) only when
-    # the first and last bytes agree; bytes.count would take ~9 us per 4 KiB page.
-    if page and page[-1:] == first and page == first * len(page):
-        return Compressed(len(page), 0, first)
-    if known_poor:
-        return Compressed(len(page), RAW, page, poor=True, tried=False)
-    blob = codec.compress(page)
-    if codec.id == RAW:
-        return Compressed(len(page), RAW, blob)
-    if len(blob) > threshold:
-        return Compressed(len(page), RAW, page, poor=True)
-    return Compressed(len(page), codec.id, blob)
-
-
-class Slab:
-    """One mapping cut into `nslots` slots of `size` bytes. Slots are handed out by a
-    bump pointer, then from the list of returned ones: the list holds only slots that
-    were freed, not one int per slot (that cost up to half the slab in Python objects)."""
-
-    __slots__ = ("buf", "bump", "free", "keys", "lazy", "nslots", "size", "used")
-
-    def __init__(self, size: int, nbytes: int) -> None:
-        # Private anonymous memory: counted as the daemon's own (anon), not as shared.
-        self.buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-        self.size = size
-        self.nslots = nbytes // size
-        self.bump = 0  # slots below this have been handed out at least once
-        self.free: list[int] = []  # returned slots below `bump`
-        # Per slot below `bump`: the key of the entry in it (None: a free slot).
-        self.keys: list[tuple[int, int] | None] = []
-        self.used = 0
-        # Some page may have been MADV_FREE since its slots were written: loads check
-        # the slots' checksums. Never cleared (a page discarded while the pool is made
-        # ordinary again still reads as zeros); slabs mapped later start clear.
-        self.lazy = False
-
-    @property
-    def room(self) -> int:
-        return self.nslots - self.used
-
-
-class SlabArena:
-    """Size-classed slots in anonymous mmaps; empty slabs are unmapped."""
-
-    def __init__(self, max_object: int, granularity: int = 64,
-                 slab_bytes: int = SLAB_BYTES, volatile: bool = True) -> None:
-        self.granularity = granularity
-        # See "Volatile slabs" in the module docstring. `volatile`: slots are handed to
-        # the kernel as MADV_FREE when written (set while memory is short); `lazy`:
-        # some pages may be lazy-free, so loads may find them discarded.
-        self.can_volatile = volatile and hasattr(mmap, "MADV_FREE")
-        self.volatile = False
-        self.lazy = False
-        self.slab_bytes = max(slab_bytes, 16 * max_object)  # 15 or more of the largest
-        max_object += HEADER
-        self.spares = 0  # empty slabs kept mapped (one per class at most)
-        nclasses = (max_object + granularity - 1) // granularity
-        # Per class: slabs with at least one free slot (dict as an ordered set).
-        self._partial: list[dict[Slab, None]] = [{} for _ in range(nclasses)]
-        self.all: dict[Slab, None] = {}  # every mapped slab, oldest first
-        self.bytes_total = 0
-
-    @property
-    def slabs(self) -> int:
-        return len(self.all)
-
-    def cost(self, size: int) -> int:
-        """Bytes the arena grows by to store an object of `size` bytes."""
-        return 0 if self._partial[(size + HEADER - 1) // self.granularity] else self.slab_bytes
-
-    def alloc(self, blob: bytes, key: tuple[int, int] | None = None) -> tuple[Slab, int]:
-        """Store blob (and its checksum) in a free slot of its size class, remembering
-        its owner's key; returns (slab, slot)."""
-        cls = (len(blob) + HEADER - 1) // self.granularity
-        partial = self._partial[cls]
-        if partial:
-            slab = next(reversed(partial))
-            if not slab.used:
-                self.spares -= 1
-        else:
-            slab = Slab((cls + 1) * self.granularity, self.slab_bytes)
-            slab.lazy = self.volatile
-            partial[slab] = None
-            self.all[slab] = None
-            self.bytes_total += self.slab_bytes
-        if slab.free:
-            slot = slab.free.pop()
-            slab.keys[slot] = key
-        else:
-            slot = slab.bump
-            slab.bump += 1
-            slab.keys.append(key)
-        slab.used += 1
-        if slab.used == slab.nslots:
-            del partial[slab]
-        off = slot * slab.size
-        end = off + HEADER + len(blob)
-        buf = slab.buf
-        buf[off:off + HEADER] = zlib.crc32(blob).to_bytes(HEADER, "little")
-        buf[off + HEADER:end] = blob
-        if self.volatile:
-            start = off & ~_PAGE_MASK
-            try:
-                buf.madvise(mmap.MADV_FREE, start, ((end + _PAGE_MASK) & ~_PAGE_MASK) - start)
-            except OSError:  # a kernel without MADV_FREE (< 4.5): plain anonymous memory
-                self.volatile = self.can_volatile = False
-        return slab, slot
-
-    def set_volatile(self, on: bool) -> int:
-        """on: mark every used page of every slab MADV_FREE (one call per slab), and
-        new slots as they are written. off: stop, and make every page still resident
-        ordinary memory again by writing one byte of it back (a written page is not
-        discarded). Returns the pages touched or marked."""
-        shift = mmap.PAGESIZE.bit_length() - 1
-        n = 0
-        if on:
-            if not self.can_volatile:
-                return 0
-            self.volatile = self.lazy = True
-            for slab in self.all:
-                slab.lazy = True
-                extent = (slab.bump * slab.size + _PAGE_MASK) & ~_PAGE_MASK
-                if extent:
-                    try:
-                        slab.buf.madvise(mmap.MADV_FREE, 0, extent)
-                    except OSError:
-                        self.volatile = self.can_volatile = self.lazy = False
-                        return n
-                    n += extent >> shift
-            return n
-        self.volatile = False
-        for slab in self.all:
-            pages = ((slab.bump * slab.size + _PAGE_MASK) >> shift)
-            if not pages:
-                continue
-            vec = resident_pages(slab.buf)
-            buf = slab.buf
-            for page in range(pages):
-                if vec[page] & 1:
-                    off = page << shift
-                    buf[off] = buf[off]  # a write makes the page dirty: kept
-                    n += 1
-        self.lazy = False
-        return n
-
-    def read(self, slab: Slab, slot: int, length: int) -> bytes | None:
-        """The blob stored in slot, or None if the kernel reclaimed part of it (its
-        pages read back as zeros, so the checksum no longer matches). Only slabs that
-        have been lazy-free pay for the checksum: the hit path of a pool that never
-        met memory pressure is one slice."""
-        off = slot * slab.size + HEADER
-        buf = slab.buf
-        blob = buf[off:off + length]
-        if slab.lazy and zlib.crc32(blob) != int.from_bytes(buf[off - HEADER:off], "little"):
-            return None
-        return blob
-
-    def free(self, slab: Slab, slot: int) -> None:
-        partial = self._partial[(slab.size - 1) // self.granularity]
-        was_full = slab.used == slab.nslots
-        slab.used -= 1
-        if slab.used == 0:
-            if len(partial) > (0 if was_full else 1):
-                # Empty, and its class has another slab with room: back to the OS.
-                partial.pop(slab, None)
-                del self.all[slab]
-                slab.buf.close()
-                self.bytes_total -= self.slab_bytes
-                return
-            slab.free.clear()  # empty: start again from the bump pointer
-            slab.keys.clear()
-            slab.bump = 0
-            self.spares += 1
-        else:
-            slab.free.append(slot)
-            slab.keys[slot] = None
-        if was_full:
-            partial[slab] = None
-
-    def trim(self) -> int:
-        """Unmap every empty slab (the spares kept against alloc/free churn)."""
-        if not self.spares:
-            return 0
-        self.spares = 0
-        freed = 0
-        for partial in self._partial:
-            for slab in [s for s in partial if s.used == 0]:
-                del partial[slab]
-                del self.all[slab]
-                slab.buf.close()
-                freed += self.slab_bytes
-        self.bytes_total -= freed
-        return freed
-
-    def close(self) -> None:
-        for slab in self.all:
-            slab.buf.close()
-        self.all.clear()
-        for partial in self._partial:
-            partial.clear()
-        self.bytes_total = 0
-
 
 class _Entry:
     __slots__ = ("codec", "length", "referenced", "size", "slab", "slot")
@@ -470,23 +193,16 @@ class CompressedPool:
         else:
             size = len(comp.blob)
             arena = self.arena
-            need = ENTRY_OVERHEAD + (0 if arena._partial[(size + HEADER - 1)
-                                                         // arena.granularity]
-                                     else arena.slab_bytes)
+            need = ENTRY_OVERHEAD + arena.cost(size)
             used = arena.bytes_total + ENTRY_OVERHEAD * len(self.lru)
             if self.full and used + need <= self.accept_level:
                 self.full = False  # back under accept_level (after invalidations)
             if self.full or used + need > self.accept_level:
-                if comp.poor:
-                    # A raw page holds a quarter of what a compressed one does per
-                    # byte: it takes only free room, never a compressed page's place.
+                if comp.poor:  # raw pages take only free room (module docstring)
                     self.c.reject_raw_full += 1
                     return False
-                # Near the limit a page must prove itself first: one seen before
-                # (evicted or refused recently: a ghost) may take an older page's
-                # place; a new one is only remembered. A loop over more than the pool
-                # then keeps a stable part of it instead of replacing all of it
-                # before it comes round again (plain LRU/CLOCK: no hit at all).
+                # Near the limit only a ghost may take an older page's place (module
+                # docstring: Admission); a new key is only remembered.
                 ghosts = self.ghosts
                 if key not in ghosts:
                     self._ghost(key)
@@ -548,7 +264,7 @@ class CompressedPool:
         return page
 
     def _decode(self, entry: _Entry) -> bytes | None:
-        """The page an entry holds; None if the kernel reclaimed part of it (see
+        """The page an entry holds; None if the kernel reclaimed part of it (slabs.py:
         Volatile slabs) or it does not decompress."""
         if entry.slab is None:
             return bytes((entry.slot,)) * entry.length
@@ -594,15 +310,7 @@ class CompressedPool:
     # -- invalidation (cost proportional to the file's pages) ----------------------
 
     def invalidate_file(self, fid: int) -> int:
-        pages = self.files.get(fid)
-        if not pages:
-            return 0
-        n = 0
-        for index in list(pages):
-            self._drop((fid, index))
-            n += 1
-        self.c.invalidates += n
-        return n
+        return self.invalidate_pages(fid, list(self.files.get(fid, ())))
 
     def invalidate_pages(self, fid: int, indexes: list[int]) -> int:
         pages = self.files.get(fid)
@@ -616,16 +324,8 @@ class CompressedPool:
         self.c.invalidates += n
         return n
 
-    def discard(self, fid: int, index: int) -> None:
-        """Drop one page that a fresher copy replaces (not an invalidation)."""
-        if (fid, index) in self.lru:
-            self._drop((fid, index))
-
     def invalidate_from(self, fid: int, first: int) -> int:
-        pages = self.files.get(fid)
-        if not pages:
-            return 0
-        return self.invalidate_pages(fid, [i for i in pages if i >= first])
+        return self.invalidate_pages(fid, [i for i in self.files.get(fid, ()) if i >= first])
 
     # -- eviction -------------------------------------------------------------------
 
@@ -702,31 +402,15 @@ class CompressedPool:
         return evicted
 
     def drop_reclaimed(self, slabs: list[Slab] | None = None) -> int:
-        """Drop every entry the kernel discarded part of (see Volatile slabs), so that
-        mem_used_total counts what the pool really holds again; returns how many.
-
-        Looks at `slabs` (default: all; slabs unmapped since are skipped), one mincore
-        call each (~3 us), and at the slots of a slab only when one of its used pages
-        is gone: callers with a large pool pass the slabs in batches between awaits."""
-        if not self.arena.lazy:
+        """Drop every entry the kernel discarded part of (slabs.py: Volatile slabs), so
+        that mem_used_total counts what the pool holds again; returns how many. Looks at
+        `slabs` (default: all, or a batch between awaits; unmapped ones are skipped)."""
+        arena = self.arena
+        if not arena.lazy:
             return 0
-        shift = mmap.PAGESIZE.bit_length() - 1
-        lost: list[tuple[int, int]] = []
-        for slab in list(self.arena.all) if slabs is None else slabs:
-            if not slab.lazy or slab.buf.closed or not slab.used:
-                continue
-            size = slab.size
-            vec = resident_pages(slab.buf)
-            if all(b & 1 for b in vec[:((slab.bump * size - 1) >> shift) + 1]):
-                continue
-            for slot, key in enumerate(slab.keys):
-                if key is None:
-                    continue
-                off = slot * size
-                entry = self.lru[key]
-                if not all(b & 1 for b in vec[off >> shift:
-                                              ((off + HEADER + entry.size - 1) >> shift) + 1]):
-                    lost.append(key)
+        lru = self.lru
+        lost = arena.discarded(list(arena.all) if slabs is None else slabs,
+                               lambda key: lru[key].size)
         for key in lost:
             self._drop(key)
         self.c.reclaimed_pages += len(lost)
@@ -735,25 +419,57 @@ class CompressedPool:
         self._leave_full()
         return len(lost)
 
+    # -- volatile slabs (what the pressure watcher may see and do) -------------------
+
+    @property
+    def can_volatile(self) -> bool:
+        return self.arena.can_volatile  # volatile=on and the kernel has MADV_FREE
+
+    @property
+    def volatile(self) -> bool:
+        return self.arena.volatile  # slots become lazy-free as they are written
+
+    @property
+    def lazy(self) -> bool:
+        return self.arena.lazy  # some slab may hold lazy-free pages
+
+    def slabs(self) -> list[Slab]:
+        return list(self.arena.all)  # a snapshot, oldest first (for drop_reclaimed)
+
+    def mark_lazy_free(self) -> int:
+        """First aid (SlabArena.mark_lazy_free): the one call safe from another thread."""
+        return self.arena.mark_lazy_free()
+
     def set_volatile(self, on: bool) -> None:
-        """Memory is short (on): let the kernel take pool pages itself, at once. Over
-        (off): drop what it took, then make the rest ordinary memory again, so that
-        the kernel does not prefer discarding the pool to discarding page cache."""
+        """On (memory is short): let the kernel take pool pages itself, at once. Off: drop
+        what it took, then make the rest ordinary memory (else it goes before page cache)."""
         if not on:
             self.drop_reclaimed()
         self.arena.set_volatile(on)
 
+    # -- settings: a bad value raises ValueError and changes nothing -----------------
+
     def set_memlimit(self, memlimit: int) -> None:
         """Change the limit; lowering it makes `needs_shrink` true until shrunk."""
+        _check("memlimit", memlimit, 0, None)
         self.memlimit = memlimit
         if self.mem_used_total > self.limit:
             self.full = True
 
     def set_pressure_cap(self, cap: int | None) -> None:
-        """Cap the pool below memlimit while the system is short of memory."""
+        """Cap the pool below memlimit while memory is short (None: no cap; 0: none)."""
+        _check("pressure cap", 0 if cap is None else cap, 0, None)
         self.pressure_cap = cap
         if self.mem_used_total > self.limit:
             self.full = True
+
+    def set_threshold(self, threshold: int) -> None:
+        _check("threshold", threshold, 1, self.page_size)
+        self.threshold = threshold
+
+    def set_accept_threshold_percent(self, percent: int) -> None:
+        _check("accept_threshold_percent", percent, 1, 100)
+        self.accept_threshold_percent = percent
 
     def clear(self) -> int:
         """Drop every page (drop_caches) and unmap every slab."""
@@ -774,3 +490,10 @@ class CompressedPool:
         self.lru.clear()
         self.raw_lru.clear()
         self.arena.close()
+
+
+def _check(name: str, value: int, low: int, high: int | None) -> None:
+    """ValueError unless `value` is an int from `low` to `high` (None: no bound)."""
+    if not isinstance(value, int) or value < low or (high is not None and value > high):
+        raise ValueError(f"{name} must be an integer " + (f">= {low}" if high is None else
+                         f"from {low} to {high}") + f", got {value!r}")

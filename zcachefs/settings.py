@@ -233,11 +233,11 @@ def _set_memlimit(cache: Cache, n: int) -> None:
 
 
 def _set_threshold(cache: Cache, n: int) -> None:
-    cache.pool.threshold = n
+    cache.pool.set_threshold(n)
 
 
 def _set_accept(cache: Cache, n: int) -> None:
-    cache.pool.accept_threshold_percent = n
+    cache.pool.set_accept_threshold_percent(n)
 
 
 def _log_level(cache: Cache) -> str:

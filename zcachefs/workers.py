@@ -3,7 +3,7 @@
 Role: `Workers.work` is what the adapter hands to `trio.to_thread.run_sync` for each
 call on SOURCE: it counts the calls in flight (`peak_inflight`, logged at unmount),
 applies the slow-backing test hook, and runs the call under the caller's credentials
-(`backing.call_as`) where the daemon can switch them. The adapter keeps the await,
+(`creds.call_as`) where the daemon can switch them. The adapter keeps the await,
 the CapacityLimiter and the errno mapping; this is the part of a backing call that
 runs off the trio thread, so the one lock it needs is here.
 
@@ -19,8 +19,8 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from . import backing
-from .backing import Caller
+from . import creds
+from .creds import Caller
 
 T = TypeVar("T")
 
@@ -31,7 +31,7 @@ class Workers:
     def __init__(self) -> None:
         # Root runs each call as its caller (fsuid/fsgid/groups); otherwise every call
         # runs with the daemon's own credentials.
-        self.switch_ids = backing.can_switch_credentials()
+        self.switch_ids = creds.can_switch_credentials()
         self.peak_inflight = 0  # most backing calls running at once
         self._running = 0  # backing calls running in worker threads (under _lock)
         self._lock = threading.Lock()
@@ -48,7 +48,7 @@ class Workers:
         try:
             if self.delay:
                 time.sleep(self.delay)
-            return backing.call_as(caller, fn, *args)
+            return creds.call_as(caller, fn, *args)
         finally:
             with self._lock:
                 self._running -= 1

@@ -305,7 +305,7 @@ def resident_fraction(path: Path) -> float:
     """Share of a file's pages in the page cache (mincore of a private mapping)."""
     import mmap
 
-    from zcachefs.pool import resident_pages
+    from zcachefs.slabs import resident_pages
 
     with open(path, "rb") as f:
         m = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)

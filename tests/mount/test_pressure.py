@@ -642,7 +642,7 @@ def test_freed_tier1_memory_leaves_the_process(scratch: Path, mount_factory: obj
 # History (4 clients): with per-thread malloc arenas and glibc's sliding mmap threshold
 # the heap fragmented and peak RSS - memlimit - cache_size grew 36 MiB after 20 s, 62
 # after 5 min, 79 after 12 min (3,000 files); the daemon now uses one arena, a fixed
-# mmap threshold and malloc_trim every 10 s while busy (zcachefs/backing.py, mount.py).
+# mmap threshold and malloc_trim every 10 s while busy (zcachefs/process.py, mount.py).
 # The 10-minute soak over 30,000 files (`make soak`) checks the bound over time.
 RSS_OVERHEAD = 64 * MiB
 PER_INODE = 1024

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from zcachefs.inodes import ROOT_NODEID, InodeTable, Ref
+from zcachefs.backing import Ref
+from zcachefs.inodes import ROOT_NODEID, InodeTable
 
 
 def table() -> InodeTable:

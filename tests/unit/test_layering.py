@@ -10,7 +10,7 @@ import pytest
 PKG = Path(__file__).resolve().parents[2] / "zcachefs"
 CORE = ["options", "inodes", "backing", "logs", "notify", "codecs", "pool", "pagecache",
         "cache", "files", "writes", "handoff", "stats", "control", "settings", "handles",
-        "workers"]
+        "workers", "slabs", "compress", "_libc", "creds", "process"]
 FORBIDDEN = {"pyfuse3", "trio", "psutil"}
 
 

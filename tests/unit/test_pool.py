@@ -17,13 +17,9 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from zcachefs import codecs
 from zcachefs import pool as pool_module
-from zcachefs.pool import (
-    ENTRY_OVERHEAD,
-    HEADER,
-    CompressedPool,
-    SlabArena,
-    compress_page,
-)
+from zcachefs import slabs as slabs_module
+from zcachefs.pool import ENTRY_OVERHEAD, CompressedPool, compress_page
+from zcachefs.slabs import HEADER, SlabArena
 
 PS = 4096
 LZ4 = codecs.get("lz4")
@@ -449,6 +445,45 @@ def test_raising_memlimit_does_not_mark_full() -> None:
     assert not pool.full and not pool.needs_shrink
 
 
+@pytest.mark.parametrize(("setter", "value"), [
+    ("set_memlimit", -5), ("set_memlimit", 1.5), ("set_memlimit", None),
+    ("set_pressure_cap", -1), ("set_pressure_cap", "1M"),
+    ("set_threshold", 0), ("set_threshold", PS + 1), ("set_threshold", -1),
+    ("set_accept_threshold_percent", 0), ("set_accept_threshold_percent", 101),
+])
+def test_setters_refuse_bad_values_and_change_nothing(setter: str, value: Any) -> None:
+    pool = CompressedPool(PS, 1 * MiB, PS // 2)
+    for i in range(3):
+        pool.store(1, i, page(i), LZ4)
+    pool.set_pressure_cap(4 * MiB)
+    before = (pool.memlimit, pool.pressure_cap, pool.threshold,
+              pool.accept_threshold_percent, pool.full, pool.limit, pool.mem_used_total)
+    name = setter.removeprefix("set_").replace("_", " ")
+    with pytest.raises(ValueError, match=f"({name}|{setter[4:]}) must be an integer"):
+        getattr(pool, setter)(value)
+    assert (pool.memlimit, pool.pressure_cap, pool.threshold, pool.accept_threshold_percent,
+            pool.full, pool.limit, pool.mem_used_total) == before
+    check_pool(pool)
+
+
+def test_setters_take_the_edges_of_their_ranges() -> None:
+    """0 is a valid memlimit (`-o memlimit=0`) and a valid cap (the pressure watcher caps
+    a small pool at 0); None lifts the cap."""
+    pool = CompressedPool(PS, 1 * MiB, PS // 2)
+    pool.store(1, 0, page(0), LZ4)
+    pool.set_pressure_cap(0)
+    assert pool.limit == 0 and pool.full
+    pool.set_pressure_cap(None)
+    assert pool.limit == pool.memlimit
+    pool.set_memlimit(0)
+    assert pool.memlimit == 0 and pool.needs_shrink
+    pool.set_threshold(PS)
+    pool.set_threshold(1)
+    pool.set_accept_threshold_percent(100)
+    pool.set_accept_threshold_percent(1)
+    assert (pool.threshold, pool.accept_threshold_percent) == (1, 1)
+
+
 def test_mem_used_max_tracks_the_peak() -> None:
     pool = CompressedPool(PS, 8 * MiB, PS // 2)
     for i in range(5):
@@ -656,7 +691,7 @@ def test_a_slab_that_cannot_be_mapped_refuses_the_store(monkeypatch: pytest.Monk
     def no_memory(*args: Any, **kwargs: Any) -> Any:
         raise OSError(12, "Cannot allocate memory")
 
-    monkeypatch.setattr(pool_module.mmap, "mmap", no_memory)
+    monkeypatch.setattr(slabs_module.mmap, "mmap", no_memory)
     assert not pool.store(1, 1, page(1, 1000), LZ4)  # needs a new slab
     assert pool.store(1, 2, page(2), LZ4)  # fits in the mapped slab
     check_pool(pool)

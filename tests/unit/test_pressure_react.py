@@ -205,3 +205,16 @@ def test_watcher_thread_acts_on_a_notification_while_the_loop_is_blocked() -> No
     finally:
         w.stop_thread(thread)
     assert not thread.is_alive()
+
+
+def test_the_watcher_reaches_the_pool_only_through_its_methods() -> None:
+    """pressure.py is policy: it asks the Cache and the pool, never the slab arena."""
+    import ast
+    from pathlib import Path
+
+    import zcachefs.pressure
+
+    tree = ast.parse(Path(zcachefs.pressure.__file__).read_text())
+    reached = [n.lineno for n in ast.walk(tree) if isinstance(n, ast.Attribute)
+               and n.attr in ("arena", "all", "bump", "buf")]
+    assert not reached
