@@ -4,12 +4,17 @@ Modules, one job each. The pure core (no pyfuse3, trio or psutil; tests/unit/tes
 - settings: the one table of settings (-o, control files, xattrs, --help, docs)
 - options: mount option strings (-o groups, fstab flags, the options file)
 - inodes: the node id table (node ids <-> backing inodes, lookup counts)
-- backing: fd-relative system calls on SOURCE, under the caller's credentials
+- backing: fd-relative system calls on SOURCE (and Ref, the handle of a backing inode)
+- creds: whose credentials a backing call runs with (setfsuid/setgroups per thread)
+- process: process-wide tuning (malloc arenas and trim, the open-files limit)
+- _libc: the one ctypes handle on libc (the *at calls, mincore, mallopt, ...)
 - workers: the thread side of every blocking backing call (accounting, credentials)
 - handles: the open files and directories of a mount
 - codecs: page codecs behind a registry
 - pagecache: tier 1, the uncompressed LRU of pages
-- pool: tier 2, the compressed pool and its slab arena
+- pool: tier 2, the compressed pool (admission, CLOCK eviction, ghosts)
+- slabs: the pool's slab allocator (mmap slabs, size classes, MADV_FREE)
+- compress: a page compressed for the pool (or kept raw), off the trio thread
 - cache: the two tiers of a mount: lookups, read geometry, invalidation, statistics
 - files: the cache's per-file state (FileState, its signature; the table by identity)
 - writes: the cache's side of writes and truncates through the mount
@@ -23,8 +28,8 @@ The adapter, the daemon around it, and the command line:
 - ctldir: the virtual control directory and its xattrs
 - entries: the attributes and lookup counts the kernel is told
 - tasks: background work (compressor, heap trimmer, signal watcher)
-- memory: the memory the daemon can really use (RAM capped by its cgroup)
-- pressure: the memory-pressure watcher
+- memory: measuring memory (cgroup limits and headroom, PSI, LazyFree, eventfds)
+- pressure: the memory-pressure policy (when and how much to give back)
 - mount: the daemon's lifecycle (mount, serve, unmount)
 - cli: the `zcachefs` command line
 - client: the client commands (stat, top, set, drop); imports only settings and stats
