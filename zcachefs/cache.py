@@ -44,6 +44,7 @@ from .files import Files, FileState, Sig
 from .handoff import PendingPage
 from .pagecache import Key, Tier
 from .pool import CompressedPool
+from .settings import DEFAULTS
 
 # Pages waiting for the background compressor before tier 1 compresses inline
 # (back-pressure). 256 pages = 1 MiB at 4 KiB: enough for several 128 KiB batches.
@@ -82,19 +83,20 @@ class Cache:
     """See the module docstring."""
 
     def __init__(self, page_size: int, cache_size: int, memlimit: int, threshold: int,
-                 compressor: str = codecs.DEFAULT, accept_threshold_percent: int = 90,
-                 volatile: bool = True, keep_hits: bool = False,
+                 compressor: str = DEFAULTS["compressor"],
+                 accept_threshold_percent: int = DEFAULTS["accept_threshold_percent"],
+                 volatile: bool = DEFAULTS["volatile"], keep_hits: bool = False,
                  store_raw: bool = True) -> None:
-        self.page_size = page_size
-        self.configured = max(1, cache_size // page_size)  # tier-1 pages, as configured
+        self.page_size: int = page_size
+        self.configured: int = max(1, cache_size // page_size)  # tier-1 pages, as configured
         self.capacity = self.configured  # in force (lower while under memory pressure)
-        self.codec = codecs.get(compressor)
+        self.codec: codecs.Codec = codecs.get(compressor)
         self.keep_hits = keep_hits
         self.tier1: Tier[bytes] = Tier()
         self.stored: set[Key] = set()  # tier-1 keys whose pool copy is valid
         self.pending: Tier[PendingPage] = Tier()
-        self.pool = CompressedPool(page_size, memlimit, threshold, accept_threshold_percent,
-                                   volatile, store_raw)
+        self.pool: CompressedPool = CompressedPool(
+            page_size, memlimit, threshold, accept_threshold_percent, volatile, store_raw)
         self.poor: dict[int, set[int]] = {}  # fid -> pages that did not compress
         self.c = CacheCounters()
         self.files = Files(self.has_pages, self.poor)  # the FileStates, by identity

@@ -84,7 +84,6 @@ CODECS: tuple[Codec, ...] = (
 )
 BY_NAME = {c.name: c for c in CODECS}
 BY_ID = {c.id: c for c in CODECS}
-DEFAULT = "lz4"
 
 
 def get(name: str) -> Codec:

@@ -45,6 +45,7 @@ from dataclasses import dataclass
 
 from . import codecs
 from .compress import RAW, Compressed, compress_page
+from .settings import DEFAULTS
 from .slabs import Slab, SlabArena, slab_size
 
 # Bytes of index per stored page: the _Entry (slots object), its key tuple, one slot in
@@ -93,16 +94,16 @@ class CompressedPool:
     """See the module docstring."""
 
     def __init__(self, page_size: int, memlimit: int, threshold: int,
-                 accept_threshold_percent: int = 90, volatile: bool = True,
-                 store_raw: bool = True) -> None:
+                 accept_threshold_percent: int = DEFAULTS["accept_threshold_percent"],
+                 volatile: bool = DEFAULTS["volatile"], store_raw: bool = True) -> None:
         self.page_size = page_size
         self.store_raw = store_raw  # keep pages that do not compress, as they are
-        self.memlimit = memlimit  # as configured (the control knob)
+        self.memlimit: int = memlimit  # as configured (the control knob)
         # Lower cap set by the memory-pressure watcher (None: no pressure). The pool
         # obeys min(memlimit, pressure_cap): it gives way to applications.
         self.pressure_cap: int | None = None
-        self.threshold = threshold
-        self.accept_threshold_percent = accept_threshold_percent
+        self.threshold: int = threshold
+        self.accept_threshold_percent: int = accept_threshold_percent
         self.arena = SlabArena(page_size, slab_bytes=slab_size(memlimit, page_size),
                                volatile=volatile)
         self.files: dict[int, dict[int, _Entry]] = {}

@@ -390,6 +390,7 @@ SETTINGS: tuple[Setting, ...] = (
             ctl_doc="write 1: zero the event counters", get=lambda cache: 0, apply=_reset),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
+DEFAULTS: dict[str, Any] = {s.name: s.default for s in SETTINGS}  # for the core's signatures
 
 # The -o options, in the table's order (--help lists them so).
 OPTIONS: tuple[Setting, ...] = tuple(s for s in SETTINGS if s.option)
