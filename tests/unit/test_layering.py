@@ -70,3 +70,10 @@ def test_the_client_imports_only_settings_and_stats() -> None:
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True).stdout.split()
     assert set(loaded) == {f"zcachefs.{m}" for m in CLIENT_MAY_IMPORT}, loaded
+
+
+@pytest.mark.parametrize("module", CORE)
+def test_core_module_imports_only_the_core(module: str) -> None:
+    """Inside the package the core depends on the core alone: no adapter (fs, ctldir,
+    tasks, mount, pressure, memory...) and no client module."""
+    assert package_imports(PKG / f"{module}.py") <= set(CORE), module
