@@ -12,7 +12,7 @@ Errors are one line on stderr: exit 1 for a failure at a mount, 2 for bad usage.
 A client: from the package it imports only `settings` (names and docs), `stats` (the
 counter table and renderings) and the client's own modules (mounts, live), never the
 engine (control, cache, pool, codecs: ctypes, mmap, lz4, lzo), fs or mount, nor
-pyfuse3, trio or psutil (tests/test_layering.py checks). Single-threaded.
+pyfuse3, trio or psutil (tests/unit/test_layering.py checks). Single-threaded.
 """
 
 from __future__ import annotations

@@ -50,7 +50,7 @@ from .slabs import Slab, SlabArena, slab_size
 
 # Bytes of index per stored page: the _Entry (slots object), its key tuple, one slot in
 # the per-file dict and one OrderedDict node. Measured with tracemalloc on CPython 3.11
-# (tests/test_pool.py::test_entry_overhead_matches_tracemalloc checks it stays true).
+# (tests/unit/test_pool.py::test_entry_overhead_matches_tracemalloc checks it stays true).
 ENTRY_OVERHEAD = 304
 # Entries looked at per eviction (the victim is the largest unreferenced one among them).
 # 8: a raw page at the head of the LRU is found among the oldest 8 pages, while the
