@@ -28,6 +28,7 @@ The adapter, the daemon around it, and the command line:
 - ctldir: the virtual control directory and its xattrs
 - entries: the attributes and lookup counts the kernel is told
 - tasks: background work (compressor, heap trimmer, signal watcher)
+- threads: the worker-thread pool of the blocking backing calls (queue in, eventfd out)
 - memory: measuring memory (cgroup limits and headroom, PSI, LazyFree, eventfds)
 - pressure: the memory-pressure policy (when and how much to give back)
 - mount: the daemon's lifecycle (mount, serve, unmount)

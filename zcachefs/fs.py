@@ -3,16 +3,16 @@
 Role: a protocol adapter only, and the one place that turns an exception into FUSEError
 (an errno for the kernel). Each handler takes the caller's credentials and calls
 backing.Backing (SOURCE), cache.Cache, or ctldir.ControlDir when `ctl.owns(nodeid)`
-(`owns_handle(fh)`). Blocking calls on SOURCE run in worker threads (trio.to_thread,
-bounded by a CapacityLimiter of `threads`; workers.Workers is their thread side) under
-the caller's credentials. Reads first try preadv(RWF_NOWAIT) on the trio thread: when
-the backing page cache has the data, that costs no thread hop.
+(`owns_handle(fh)`). Blocking calls on SOURCE run in worker threads (threads.ThreadPool
+of `threads`; workers.Workers is their thread side) under the caller's credentials.
+Reads first try preadv(RWF_NOWAIT) on the trio thread: when the backing page cache
+has the data, that costs no thread hop.
 
 Concurrency rule (S3QL's): code between two awaits is a critical section. Table
 updates never straddle an await; after an await, state is looked up again.
 
-Imports pyfuse3 and trio; must not import psutil. Trio thread only (apart from what
-`_run` hands to worker threads).
+Imports pyfuse3 (trio through threads and tasks); must not import psutil. Trio thread
+only (apart from what `_run` hands to worker threads).
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, cast
 
 import pyfuse3
-import trio
 from pyfuse3 import FUSEError
 
 from . import backing, process, writes
@@ -42,6 +41,7 @@ from .handles import DirHandle, FileHandle, Handles
 from .inodes import CONTROL_BASE, Inode, InodeTable
 from .options import MountOptions
 from .tasks import Compressor
+from .threads import ThreadPool
 from .workers import Workers
 
 log = logging.getLogger(__name__)
@@ -79,9 +79,9 @@ class Operations(pyfuse3.Operations):
         self.cache.inodes_known = self.inodes.__len__
         self.handles = Handles(st.st_dev if backing.is_local_fs(st.st_dev) else -1)
         self.files, self.dirs = self.handles.files, self.handles.dirs  # fh -> handle
-        self.limiter = trio.CapacityLimiter(opts.threads)
+        self.threads = ThreadPool(opts.threads)
         self.workers = Workers()
-        self.compressor = Compressor(self.cache, self.limiter)  # run by mount
+        self.compressor = Compressor(self.cache, self.threads)  # run by mount
         # Test hook: backing reads start on the fadvise fallback, as on a filesystem
         # without RWF_DONTCACHE (or a kernel before 6.14).
         self._dontcache = not os.environ.get("ZCACHEFS_DEBUG_NO_DONTCACHE")
@@ -91,8 +91,7 @@ class Operations(pyfuse3.Operations):
     async def _run(self, caller: Caller | None, fn: Callable[..., T], *args: Any) -> T:
         """Run a blocking backing call in a worker thread; OSError becomes FUSEError."""
         try:
-            return await trio.to_thread.run_sync(self.workers.work, caller, fn, *args,
-                                                 limiter=self.limiter)
+            return await self.threads.run(self.workers.work, caller, fn, *args)
         except OSError as exc:
             raise FUSEError(exc.errno or errno.EIO) from None
 
@@ -139,6 +138,7 @@ class Operations(pyfuse3.Operations):
                 os.close(fd)
         self.backing.close()
         self.cache.close()
+        self.threads.close()
 
     # -- names ---------------------------------------------------------------------
 

@@ -50,6 +50,11 @@ class CompressJob:
     threshold: int
     pages: list[PendingPage]  # handed over: nobody else holds this list
 
+    @property
+    def size(self) -> int:
+        """Bytes `run` will compress (pages known not to compress are not tried)."""
+        return sum(len(p.data) for p in self.pages if not p.poor)
+
     def run(self) -> list[tuple[PendingPage, Compressed]]:
         """Compress the pages; pages known not to compress are not tried again."""
         codec, threshold = self.codec, self.threshold

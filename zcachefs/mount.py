@@ -163,7 +163,7 @@ async def _serve(ops: Operations, signals: SignalWatcher, ready: Callable[[], bo
             nursery.cancel_scope.cancel()
             return
         nursery.start_soon(ops.compressor.run)
-        nursery.start_soon(HeapTrimmer(ops.cache, process.malloc_trim).run)
+        nursery.start_soon(HeapTrimmer(ops.cache, process.malloc_trim, ops.threads).run)
         if ops.opts.pressure:
             watcher = PressureWatcher(ops.cache, ops.opts.min_free, ops.opts.pressure_psi,
                                       ops.opts.pressure_interval, ops.compressor.wake)

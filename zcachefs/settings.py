@@ -367,7 +367,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("control", parse_control_name, ".zcachefs",
             "name of the virtual control directory in the mount's root"),
     Setting("threads", parse_int_range(1, 1024), 16,
-            "worker threads for blocking backing-store calls (trio CapacityLimiter size)"),
+            "worker threads for blocking backing-store calls (at most this many run at once)"),
     Setting("attr_timeout", parse_seconds, 1.0,
             "seconds the kernel may cache attributes (changes made outside the mount "
             "show up after this)"),

@@ -24,10 +24,15 @@ import trio
 
 from . import handoff
 from .cache import Cache
+from .threads import ThreadPool
 
-# Pages compressed per worker call by the background compressor: 64 x 4 KiB at ~180k
-# pages/s (lz4) is ~0.4 ms of work, so the thread hop (~50 us) costs little.
+# Pages compressed per worker call by the background compressor: 64 x 16 KiB is ~1 ms
+# of lz4, so the thread hop (~80 us of CPU) costs little.
 COMPRESS_BATCH = 64
+# Fewer pending bytes than this are compressed on the trio thread: a lone page (one
+# 4 KiB write, one small miss) costs ~5-10 us of lz4 there, against a thread hop's
+# ~80 us of CPU and two GIL handoffs.
+COMPRESS_INLINE_BYTES = 64 << 10
 # Pool entries evicted per shrink step before yielding to requests.
 SHRINK_BATCH = 512
 SWEEP_BATCH = 256  # forgotten file states looked at per background round
@@ -57,10 +62,10 @@ class Compressor(_Task):
     """Compress pages evicted from tier 1 in worker threads and keep the pool in its
     limit, in bounded batches; between rounds with nothing to do it sleeps until woken."""
 
-    def __init__(self, cache: Cache, limiter: trio.CapacityLimiter) -> None:
+    def __init__(self, cache: Cache, threads: ThreadPool) -> None:
         super().__init__()
         self.cache = cache
-        self.limiter = limiter  # shared with the adapter's backing calls
+        self.threads = threads  # shared with the adapter's backing calls
         self._wakeup: trio.Event | None = None
 
     def wake(self) -> None:
@@ -74,7 +79,10 @@ class Compressor(_Task):
             self._wakeup = trio.Event()
             job = handoff.compress_job(cache, COMPRESS_BATCH)
             if job is not None:
-                done = await trio.to_thread.run_sync(job.run, limiter=self.limiter)
+                if job.size < COMPRESS_INLINE_BYTES:
+                    done = job.run()
+                else:
+                    done = await self.threads.run(job.run)
                 handoff.admit(cache, done)
             evicted = 0
             while True:
@@ -97,11 +105,12 @@ class HeapTrimmer(_Task):
     whole heap: 1-3 ms for 64-256 MiB here). Without it, freed read buffers and tier-1
     pages in the middle of the heap stay in RSS until memory pressure."""
 
-    def __init__(self, cache: Cache, trim: Callable[[], None],
+    def __init__(self, cache: Cache, trim: Callable[[], None], threads: ThreadPool,
                  interval: float = TRIM_INTERVAL) -> None:
         super().__init__()
         self.cache = cache
         self.trim = trim
+        self.threads = threads
         self.interval = interval
 
     async def _loop(self) -> None:
@@ -111,7 +120,7 @@ class HeapTrimmer(_Task):
             busy = self.cache.activity()
             if busy != last:
                 last = busy
-                await trio.to_thread.run_sync(self.trim)
+                await self.threads.run(self.trim)
 
 
 class SignalWatcher(_Task):

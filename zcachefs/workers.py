@@ -1,10 +1,10 @@
 """Worker-thread accounting: what runs on the thread side of every blocking backing call.
 
-Role: `Workers.work` is what the adapter hands to `trio.to_thread.run_sync` for each
-call on SOURCE: it counts the calls in flight (`peak_inflight`, logged at unmount),
-applies the slow-backing test hook, and runs the call under the caller's credentials
-(`creds.call_as`) where the daemon can switch them. The adapter keeps the await,
-the CapacityLimiter and the errno mapping; this is the part of a backing call that
+Role: `Workers.work` is what the adapter hands to its thread pool (threads.ThreadPool)
+for each call on SOURCE: it counts the calls in flight (`peak_inflight`, logged at
+unmount), applies the slow-backing test hook, and runs the call under the caller's
+credentials (`creds.call_as`) where the daemon can switch them. The adapter keeps the
+await, the pool and the errno mapping; this is the part of a backing call that
 runs off the trio thread, so the one lock it needs is here.
 
 Must not import pyfuse3, trio or psutil. Thread-safe: `work` runs in any worker thread

@@ -31,7 +31,7 @@ def test_core_module_imports_no_fuse_trio_psutil(module: str) -> None:
 
 def test_every_module_is_classified() -> None:
     adapters = {"fs", "ctldir", "entries", "tasks", "mount", "cli", "memory", "pressure",
-                "client", "live", "mounts", "__init__", "__main__"}
+                "client", "live", "mounts", "threads", "__init__", "__main__"}
     assert {p.stem for p in PKG.glob("*.py")} <= set(CORE) | adapters
 
 
