@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -82,8 +84,15 @@ class ThreadPool:
         if start:
             thread = threading.Thread(target=self._work, daemon=True,
                                       name=f"{self.name} {len(self._threads)}")
-            self._threads.append(thread)
-            thread.start()
+            try:
+                thread.start()
+            except RuntimeError:  # out of threads (RLIMIT_NPROC, memory): queue the job
+                if not self._threads:
+                    raise OSError(errno.EAGAIN, "cannot start a worker thread") from None
+                log.warning("cannot start worker thread %d; %d serve the calls",
+                            len(self._threads) + 1, len(self._threads))
+            else:
+                self._threads.append(thread)
         self._jobs.put((trio.lowlevel.current_task(), fn, args))
         result: T = await trio.lowlevel.wait_task_rescheduled(_cannot_abort)
         return result
@@ -122,15 +131,17 @@ class ThreadPool:
             return
 
     def close(self, timeout: float = 2.0) -> None:
-        """Stop the threads (after the trio run: no call may be waiting). The eventfd is
-        closed only if every thread has ended; one stuck in a backing call keeps it."""
+        """Stop the threads (after the trio run: no call may be waiting), waiting at most
+        `timeout` seconds in all. The eventfd is closed only if every thread has ended;
+        one stuck in a backing call keeps it (and the process exits without it)."""
         if self._closed:
             return
         self._closed = True
         for _ in self._threads:
             self._jobs.put(None)
+        deadline = time.monotonic() + timeout
         for thread in self._threads:
-            thread.join(timeout)
+            thread.join(max(0.0, deadline - time.monotonic()))
         stuck = [t.name for t in self._threads if t.is_alive()]
         if stuck:
             log.warning("%d worker thread(s) still in a backing call at unmount: %s",

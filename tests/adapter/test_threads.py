@@ -4,6 +4,7 @@ back, at most `size` calls run at once, a started call is not abandoned on cance
 
 from __future__ import annotations
 
+import errno
 import threading
 import time
 from collections.abc import Iterator
@@ -120,3 +121,37 @@ def test_close_ends_the_threads_and_refuses_new_calls() -> None:
 def test_a_pool_needs_a_thread() -> None:
     with pytest.raises(ValueError, match="at least one thread"):
         ThreadPool(0)
+
+
+@pytest.mark.trio
+async def test_out_of_threads_queues_the_call_or_says_eagain(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    pool = ThreadPool(4)
+    try:
+        real_start = threading.Thread.start
+        monkeypatch.setattr(threading.Thread, "start", _refuse)
+        with pytest.raises(OSError) as info:  # no thread at all: the call fails
+            await pool.run(abs, -1)
+        assert info.value.errno == errno.EAGAIN
+        monkeypatch.setattr(threading.Thread, "start", real_start)
+        assert await pool.run(abs, -2) == 2
+        monkeypatch.setattr(threading.Thread, "start", _refuse)
+        gate = threading.Event()
+        results: list[int] = []
+
+        async def one(i: int) -> None:
+            results.append(await pool.run(lambda: gate.wait(5) and i))
+
+        async with trio.open_nursery() as nursery:  # two calls, one thread: they queue
+            nursery.start_soon(one, 1)
+            nursery.start_soon(one, 2)
+            await trio.sleep(0.05)
+            gate.set()
+        assert sorted(results) == [1, 2] and pool.started == 1
+    finally:
+        monkeypatch.undo()
+        pool.close()
+
+
+def _refuse(self: threading.Thread) -> None:
+    raise RuntimeError("can't start new thread")
