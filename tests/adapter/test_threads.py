@@ -42,6 +42,7 @@ async def test_a_call_raises_its_exception_here(pool: ThreadPool) -> None:
 @pytest.mark.trio
 async def test_at_most_size_calls_run_at_once(pool: ThreadPool) -> None:
     lock = threading.Lock()
+    together = threading.Barrier(3, timeout=10)  # fewer than 3 at once: BrokenBarrierError
     running, peak, results = 0, 0, []
 
     def job(i: int) -> int:
@@ -49,7 +50,7 @@ async def test_at_most_size_calls_run_at_once(pool: ThreadPool) -> None:
         with lock:
             running += 1
             peak = max(peak, running)
-        time.sleep(0.02)
+        together.wait()
         with lock:
             running -= 1
         return i
@@ -74,17 +75,27 @@ async def test_threads_are_reused_for_sequential_calls(pool: ThreadPool) -> None
 
 @pytest.mark.trio
 async def test_a_started_call_is_not_abandoned_on_cancel(pool: ThreadPool) -> None:
-    finished = threading.Event()
+    started, finished = threading.Event(), threading.Event()
 
     def slow() -> str:
-        time.sleep(0.1)
+        started.set()
+        time.sleep(0.05)
         finished.set()
         return "done"
 
     got: list[str] = []
-    with trio.move_on_after(0.01) as scope:
-        got.append(await pool.run(slow))
-        await trio.sleep(0)  # the cancel is delivered at the next checkpoint
+    scope = trio.CancelScope()
+
+    async def call() -> None:
+        with scope:
+            got.append(await pool.run(slow))
+            await trio.sleep(0)  # the cancel is delivered at the next checkpoint
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(call)
+        while not started.is_set():  # cancel only once the call runs in its thread
+            await trio.sleep(0.001)
+        scope.cancel()
     assert scope.cancelled_caught
     assert finished.is_set() and got == ["done"]
 
