@@ -49,6 +49,9 @@ from .settings import DEFAULTS
 # Pages waiting for the background compressor before tier 1 compresses inline
 # (back-pressure). 256 pages = 1 MiB at 4 KiB: enough for several 128 KiB batches.
 MAX_PENDING = 256
+# Compact the pool once this many of its slabs could be unmapped (4 x 256 KiB for a
+# 1 GiB pool): fewer are not worth the sort of the partly empty slabs.
+COMPACT_MIN_SLABS = 4
 
 
 @dataclass
@@ -126,6 +129,7 @@ class Cache:
             "reject_raw_full": pc.reject_raw_full, "reject_cold": pc.reject_cold,
             "raw_skips": pc.raw_skips, "pool_limit_hit": pc.pool_limit_hit,
             "reject_alloc_fail": pc.reject_alloc_fail, "reclaimed_pages": pc.reclaimed_pages,
+            "compacted_pages": pc.compacted_pages,
             "backing_reads": cc.backing_reads, "backing_read_bytes": cc.backing_read_bytes,
             "backing_fallbacks": cc.backing_fallbacks, "write_fills": cc.write_fills,
             "hit_ratio": round((cc.cache_hits + pc.succ_gets) / lookups, 4) if lookups else 0.0,
@@ -346,6 +350,12 @@ class Cache:
             return 0, False
         evicted = pool.shrink(n)
         return evicted, bool(pool.last_scanned)
+
+    def compact_pool(self, n: int) -> bool:
+        """One bounded step (about n entries moved) of giving back the pool's partly
+        empty slabs; True if another step may help."""
+        pool = self.pool
+        return pool.arena.reclaimable() >= COMPACT_MIN_SLABS and pool.compact(n) > 0
 
     def reset_stats(self) -> None:
         """Zero the event counters, the pool's too (gauges are levels and stay)."""

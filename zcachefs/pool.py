@@ -87,6 +87,7 @@ class PoolCounters:
     raw_skips: int = 0  # known-poor pages stored raw without trying the codec again
     reject_raw_full: int = 0  # raw pages refused: no free room for them (see admit)
     reject_cold: int = 0  # new pages refused near the limit (not seen lately)
+    compacted_pages: int = 0  # entries moved to unmap partly empty slabs (compact)
     mem_used_max: int = 0
 
 
@@ -340,6 +341,8 @@ class CompressedPool:
         the next call evicts them)."""
         if self.needs_shrink:
             self.arena.trim()  # empty spare slabs go first: they hold no page
+            if self.arena.reclaimable():  # then the holes: room without evicting
+                self.compact(max_entries)
         evicted = 0
         scanned = 0  # entries spared (second chance) or evicted
         lru, raws = self.lru, self.raw_lru
@@ -401,6 +404,27 @@ class CompressedPool:
         self.c.evicted_pages += evicted
         self._leave_full()
         return evicted
+
+    def compact(self, max_moves: int = 256) -> int:
+        """Give back the slabs that rewrites and evictions left partly empty, moving
+        their entries into the free slots of fuller slabs of their class (bounded work:
+        about max_moves entries); returns the bytes unmapped. The entries' data is not
+        touched, only copied."""
+        lru = self.lru
+        moves = 0
+
+        def moved(key: tuple[int, int], slab: Slab, slot: int) -> None:
+            nonlocal moves
+            entry = lru[key]
+            entry.slab = slab
+            entry.slot = slot
+            moves += 1
+
+        freed = self.arena.compact(max_moves, moved)
+        self.c.compacted_pages += moves
+        if freed:
+            self._leave_full()
+        return freed
 
     def drop_reclaimed(self, slabs: list[Slab] | None = None) -> int:
         """Drop every entry the kernel discarded part of (slabs.py: Volatile slabs), so

@@ -5,7 +5,9 @@ slots of one size class each (64-byte steps); a slab whose last object goes is
 unmapped (one empty spare per class is kept against churn), so freed pool memory
 returns to the operating system instead of fragmenting the malloc heap. Slabs are
 `slab_size` bytes: 64 KiB to 256 KiB by memlimit, and at least 16 of the largest
-object. There is no compaction.
+object. Compaction (`compact`) moves the objects of a class's emptiest slabs into the
+free slots of its fuller ones and unmaps the emptied slabs: after churn (rewrites,
+evictions) the holes otherwise stay mapped, counted in the limit, holding nothing.
 
 Volatile slabs: every slot is written with a CRC-32 of its bytes (`HEADER`). While
 memory is short (`set_volatile(True)`, called by the pressure watcher) every used page
@@ -106,6 +108,9 @@ class SlabArena:
         nclasses = (max_object + granularity - 1) // granularity
         # Per class: slabs with at least one free slot (dict as an ordered set).
         self._partial: list[dict[Slab, None]] = [{} for _ in range(nclasses)]
+        # Per class: free slots in its mapped slabs (spares included), for `reclaimable`.
+        self._free_slots = [0] * nclasses
+        self.frees = 0  # objects freed since the arena was made (compaction is due)
         self.all: dict[Slab, None] = {}  # every mapped slab, oldest first
         self.bytes_total = 0
 
@@ -132,16 +137,8 @@ class SlabArena:
             partial[slab] = None
             self.all[slab] = None
             self.bytes_total += self.slab_bytes
-        if slab.free:
-            slot = slab.free.pop()
-            slab.keys[slot] = key
-        else:
-            slot = slab.bump
-            slab.bump += 1
-            slab.keys.append(key)
-        slab.used += 1
-        if slab.used == slab.nslots:
-            del partial[slab]
+            self._free_slots[cls] += slab.nslots
+        slot = self._take(slab, cls, key)
         off = slot * slab.size
         end = off + HEADER + len(blob)
         buf = slab.buf
@@ -154,6 +151,86 @@ class SlabArena:
             except OSError:  # a kernel without MADV_FREE (< 4.5): plain anonymous memory
                 self.volatile = self.can_volatile = False
         return slab, slot
+
+    def _take(self, slab: Slab, cls: int, key: tuple[int, int] | None) -> int:
+        """Hand out a free slot of `slab` (in class `cls`) to `key`."""
+        if slab.free:
+            slot = slab.free.pop()
+            slab.keys[slot] = key
+        else:
+            slot = slab.bump
+            slab.bump += 1
+            slab.keys.append(key)
+        slab.used += 1
+        self._free_slots[cls] -= 1
+        if slab.used == slab.nslots:
+            del self._partial[cls][slab]
+        return slot
+
+    def _unmap(self, slab: Slab, cls: int) -> None:
+        self._partial[cls].pop(slab, None)
+        del self.all[slab]
+        slab.buf.close()
+        self.bytes_total -= self.slab_bytes
+        self._free_slots[cls] -= slab.nslots
+
+    def reclaimable(self) -> int:
+        """Slabs `compact` could unmap now: per class, as many as its free slots fill
+        (spares included; ~20 us for 257 classes)."""
+        slab_bytes, gran = self.slab_bytes, self.granularity
+        return sum(free // (slab_bytes // ((cls + 1) * gran))
+                   for cls, free in enumerate(self._free_slots) if free)
+
+    def compact(self, max_moves: int, moved: Callable[[tuple[int, int], Slab, int], None]
+                ) -> int:
+        """Empty the emptiest slabs of every class whose other slabs have room for
+        their objects, moving each object (slot bytes and checksum as they are) and
+        telling the owner `moved(key, slab, slot)`; emptied slabs are unmapped. At most
+        about `max_moves` objects move (one slab is always finished). Returns the bytes
+        unmapped. Not while volatile (a moved slot would have to be made lazy-free
+        again); a lazy source makes its destinations lazy, so a page the kernel
+        discarded before the move still fails its checksum after it (the flag is read
+        after the copy: mark_lazy_free sets it before its madvise)."""
+        if self.volatile:
+            return 0
+        freed = moves = 0
+        for cls, partial in enumerate(self._partial):
+            if len(partial) < 2:
+                continue
+            nslots = next(iter(partial)).nslots
+            if self._free_slots[cls] < nslots:
+                continue
+            order = sorted(partial, key=lambda s: s.used)  # emptiest first
+            free = self._free_slots[cls]
+            lo, hi = 0, len(order) - 1
+            while lo < hi and free >= nslots:
+                src = order[lo]
+                lo += 1
+                if moves and moves + src.used > max_moves:
+                    return freed
+                size = src.size
+                sbuf = src.buf
+                for sslot, key in enumerate(src.keys):
+                    if key is None:
+                        continue
+                    while order[hi].used == nslots:
+                        hi -= 1
+                    dst = order[hi]
+                    dslot = self._take(dst, cls, key)
+                    doff, soff = dslot * size, sslot * size
+                    dst.buf[doff:doff + size] = sbuf[soff:soff + size]
+                    if src.lazy:
+                        dst.lazy = True
+                    moved(key, dst, dslot)
+                    moves += 1
+                self._free_slots[cls] += src.used
+                if not src.used:
+                    self.spares -= 1
+                src.used = 0
+                self._unmap(src, cls)
+                free -= nslots
+                freed += self.slab_bytes
+        return freed
 
     def set_volatile(self, on: bool) -> int:
         """on: mark every used page of every slab MADV_FREE (one call per slab), and
@@ -255,16 +332,16 @@ class SlabArena:
         return blob
 
     def free(self, slab: Slab, slot: int) -> None:
-        partial = self._partial[(slab.size - 1) // self.granularity]
+        cls = (slab.size - 1) // self.granularity
+        partial = self._partial[cls]
         was_full = slab.used == slab.nslots
         slab.used -= 1
+        self.frees += 1
+        self._free_slots[cls] += 1
         if slab.used == 0:
             if len(partial) > (0 if was_full else 1):
                 # Empty, and its class has another slab with room: back to the OS.
-                partial.pop(slab, None)
-                del self.all[slab]
-                slab.buf.close()
-                self.bytes_total -= self.slab_bytes
+                self._unmap(slab, cls)
                 return
             slab.free.clear()  # empty: start again from the bump pointer
             slab.keys.clear()
@@ -282,13 +359,10 @@ class SlabArena:
             return 0
         self.spares = 0
         freed = 0
-        for partial in self._partial:
+        for cls, partial in enumerate(self._partial):
             for slab in [s for s in partial if s.used == 0]:
-                del partial[slab]
-                del self.all[slab]
-                slab.buf.close()
+                self._unmap(slab, cls)
                 freed += self.slab_bytes
-        self.bytes_total -= freed
         return freed
 
     def close(self) -> None:
@@ -297,4 +371,5 @@ class SlabArena:
         self.all.clear()
         for partial in self._partial:
             partial.clear()
+        self._free_slots = [0] * len(self._partial)
         self.bytes_total = 0

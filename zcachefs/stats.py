@@ -70,6 +70,9 @@ COUNTERS: dict[str, tuple[str, str]] = {
     "reclaimed_pages": ("counter",
                         "pool pages the kernel discarded while memory was short (the "
                         "slabs are MADV_FREE then); dropped, read again from the file"),
+    "compacted_pages": ("counter",
+                        "pool pages moved into fuller slabs so that partly empty ones "
+                        "(left by rewrites and evictions) could be given back"),
     "backing_reads": ("counter", "read calls made on backing files to fill the cache"),
     "backing_read_bytes": ("counter", "bytes read from backing files to fill the cache"),
     "backing_fallbacks": ("counter", "backing reads that could not use RWF_DONTCACHE and "

@@ -4,7 +4,8 @@ Role: each task has `async run()` (runs until cancelled or stopped) and `stop()`
 `mount._serve` starts them in the nursery it owns and cancels that nursery at unmount.
 
 - `Compressor`: compresses the pages tier 1 evicted (in worker threads, in batches),
-  keeps the pool in its limit and sweeps the file states the kernel forgot. The adapter
+  keeps the pool in its limit, compacts it (at most once a second) and sweeps the file
+  states the kernel forgot. The adapter
   calls `wake()` when pages wait for it.
 - `HeapTrimmer`: gives malloc's free pages back to the OS while the cache is busy.
 - `SignalWatcher`: SIGTERM, SIGINT and SIGHUP stop the mount cleanly, from before the
@@ -17,6 +18,7 @@ values, and calls that touch no table (`CompressJob.run`, malloc_trim).
 
 from __future__ import annotations
 
+import math
 import signal
 from collections.abc import Callable
 
@@ -36,6 +38,10 @@ COMPRESS_INLINE_BYTES = 64 << 10
 # Pool entries evicted per shrink step before yielding to requests.
 SHRINK_BATCH = 512
 SWEEP_BATCH = 256  # forgotten file states looked at per background round
+# Pool entries moved per compaction step (~3 us each), and seconds between looks for
+# slabs to give back (the look costs ~20 us: not once per written page).
+COMPACT_BATCH = 512
+COMPACT_INTERVAL = 1.0
 TRIM_INTERVAL = 10.0  # seconds between malloc_trim calls while the cache is in use
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
@@ -75,6 +81,8 @@ class Compressor(_Task):
 
     async def _loop(self) -> None:
         cache = self.cache
+        next_compact = 0.0
+        frees_seen = 0
         while True:
             self._wakeup = trio.Event()
             job = handoff.compress_job(cache, COMPRESS_BATCH)
@@ -91,10 +99,22 @@ class Compressor(_Task):
                 if not more:
                     break
                 await trio.lowlevel.checkpoint()
+            # Compaction is due once objects were freed since the last look (rewrites,
+            # evictions, invalidations), at most once a COMPACT_INTERVAL.
+            now = trio.current_time()
+            due = cache.pool.arena.frees != frees_seen
+            if due and now >= next_compact:
+                frees_seen = cache.pool.arena.frees
+                next_compact = now + COMPACT_INTERVAL
+                due = False
+                while cache.compact_pool(COMPACT_BATCH):
+                    await trio.lowlevel.checkpoint()
             if cache.files.forgotten_count:
                 cache.files.sweep(SWEEP_BATCH)
             if job is None and not evicted:
-                await self._wakeup.wait()
+                # Idle: sleep until woken, or until a due compaction may run.
+                with trio.move_on_after(next_compact - now if due else math.inf):
+                    await self._wakeup.wait()
             else:
                 await trio.lowlevel.checkpoint()
 

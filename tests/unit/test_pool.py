@@ -113,6 +113,10 @@ def check_pool(pool: CompressedPool) -> None:
     assert all(s.room for s in partial.values())
     assert len(slabs.keys() | partial.keys()) == arena.slabs
     assert sum(not s.used for s in partial.values()) == arena.spares
+    free: Counter[int] = Counter()
+    for s in arena.all:
+        free[(s.size - 1) // arena.granularity] += s.nslots - s.used
+    assert [free[c] for c in range(len(arena._free_slots))] == arena._free_slots
 
 
 def store_proven(pool: CompressedPool, fid: int, index: int, data: bytes,
@@ -1052,6 +1056,12 @@ class PoolMachine(RuleBasedStateMachine):
         doomed = [k for k in self.model if k[0] == fid and k[1] in indexes]
         self._gone(doomed, self.pool.invalidate_pages(fid, indexes))
 
+    @rule(fid=st.integers(1, 4), every=st.integers(2, 5))
+    def invalidate_every(self, fid: int, every: int) -> None:
+        """Holes all over the slabs (what rewrites leave): work for compaction."""
+        indexes = [i for (f, i) in self.model if f == fid and i % every]
+        self.invalidate_pages(fid, indexes)
+
     @rule(fid=st.integers(1, 4), first=st.integers(0, 2500))
     def invalidate_from(self, fid: int, first: int) -> None:
         doomed = [k for k in self.model if k[0] == fid and k[1] >= first]
@@ -1076,6 +1086,17 @@ class PoolMachine(RuleBasedStateMachine):
                 assert left < pool_module.EVICT_WINDOW
         if n < max_entries and pool.lru and not any(ref for _, ref in order):
             assert not pool.needs_shrink
+
+    @rule(max_moves=st.integers(1, 600))
+    def compact(self, max_moves: int) -> None:
+        """Moving entries changes no page and only ever gives memory back."""
+        pool = self.pool
+        used, keys = pool.mem_used_total, set(pool.lru)
+        freed = pool.compact(max_moves)
+        assert set(pool.lru) == keys
+        assert pool.mem_used_total == used - freed
+        if freed:
+            event("compaction unmapped slabs")
 
     @rule(memlimit=st.integers(0, 3 * MiB // 2))
     def set_memlimit(self, memlimit: int) -> None:
@@ -1154,3 +1175,104 @@ def test_drop_reclaimed_finds_discarded_pages_with_mincore() -> None:
     assert victim.buf.closed  # its last entry went: unmapped
     check_pool(pool)
     assert all(pool.load(*k) == page(k[1], 1000) for k in list(pool.lru))
+
+
+# -- compaction ---------------------------------------------------------------------
+
+def _holey_pool(n: int = 2000) -> CompressedPool:
+    """A pool whose slabs rewrites left with holes: every page stored at one size, then
+    three in four rewritten at another (their old slots freed, new ones elsewhere)."""
+    pool = CompressedPool(PS, 64 * MiB, PS // 2)
+    for i in range(n):
+        assert pool.store(1, i, page(i, 1000), LZ4)
+    for i in range(n):
+        if i % 4:
+            assert pool.store(1, i, page(i + n, 600), LZ4)
+    return pool
+
+
+def _expected(i: int, n: int = 2000) -> bytes:
+    return page(i + n, 600) if i % 4 else page(i, 1000)
+
+
+def test_compaction_gives_back_the_slabs_rewrites_left_partly_empty() -> None:
+    pool = _holey_pool()
+    try:
+        arena = pool.arena
+        check_pool(pool)
+        reclaimable = arena.reclaimable()
+        assert reclaimable >= 5  # 3 in 4 slots of ~8 slabs are holes
+        before, slabs = pool.mem_used_total, arena.slabs
+        freed = 0
+        while (step := pool.compact(256)) > 0:  # bounded steps, as the task runs it
+            freed += step
+        assert freed == before - pool.mem_used_total == (slabs - arena.slabs) * arena.slab_bytes
+        assert slabs - arena.slabs >= reclaimable - 1
+        assert arena.reclaimable() == 0
+        assert pool.c.compacted_pages > 0
+        check_pool(pool)
+        assert all(pool.load(1, i) == _expected(i) for i in range(2000))
+        assert pool.c.failed_gets == 0
+    finally:
+        pool.close()
+
+
+def test_compaction_steps_are_bounded() -> None:
+    pool = _holey_pool()
+    try:
+        moved = pool.c.compacted_pages
+        assert pool.compact(1) > 0  # one slab is always finished
+        first = pool.c.compacted_pages - moved
+        assert 0 < first <= pool.arena.slab_bytes // 1024
+        while pool.compact(300):
+            pass
+        check_pool(pool)
+    finally:
+        pool.close()
+
+
+def test_shrink_compacts_before_it_evicts() -> None:
+    """A pool over its limit only because of holes gets under it without losing a page."""
+    pool = _holey_pool()
+    try:
+        arena = pool.arena
+        holes = arena.reclaimable() * arena.slab_bytes
+        pool.set_memlimit(pool.mem_used_total - holes // 2)
+        assert pool.needs_shrink
+        while pool.needs_shrink:
+            pool.shrink(512)
+        assert pool.c.evicted_pages == 0 and len(pool.lru) == 2000
+        assert pool.c.compacted_pages > 0
+        check_pool(pool)
+    finally:
+        pool.close()
+
+
+def test_compaction_keeps_a_discarded_page_a_miss() -> None:
+    """A page the kernel discarded from a lazy-free slab before the move still fails its
+    checksum after it: the destination slab becomes lazy (checked at load)."""
+    import mmap
+
+    pool = _holey_pool()
+    try:
+        arena = pool.arena
+        pool.set_volatile(True)
+        assert pool.compact(10**6) == 0  # not while volatile
+        pool.set_volatile(False)  # pressure over; the slabs stay lazy (checked)
+        # The emptiest slab of the rewritten pages' class is the first to be moved.
+        cls = pool.lru[(1, 0)].slab
+        assert cls is not None
+        src = min((s for s in arena.all if s.size == cls.size and s.used), key=lambda s: s.used)
+        assert src.lazy
+        src.buf.madvise(mmap.MADV_DONTNEED)  # what the kernel may do to a lazy page
+        lost = {k for k, e in pool.lru.items() if e.slab is src}
+        assert lost
+        while pool.compact(10**6):
+            pass
+        assert src.buf.closed
+        for i in range(2000):
+            assert pool.load(1, i) == (None if (1, i) in lost else _expected(i)), i
+        assert pool.c.reclaimed_pages == len(lost)
+        check_pool(pool)
+    finally:
+        pool.close()
