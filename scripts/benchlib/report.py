@@ -88,6 +88,13 @@ def workload_table(wname: str, title: str, unit: str, rows: dict[str, Any],
             f"{_fmt(r.get('vs_none'), '.2f')} | {_fmt(None if hit is None else 100 * hit, '.1f')}"
             f" | {_fmt(r.get('orig_per_mem'), '.2f')} | {_mib(r.get('cgroup_peak'))} | {split} | "
             f"{_fmt(r.get('daemon_cpu_s'), '.1f')} | {_mib(r.get('disk_read_bytes'))} |")
+    resident = [f"{labels.get(cfg, cfg)} {_mib(r['backing_resident_bytes'])} MiB"
+                + (f" ({100 * r['backing_resident_bytes'] / r['disk_read_bytes']:.1f}% of the "
+                   "data read)" if r.get("disk_read_bytes") else "")
+                for cfg, r in rows.items() if "backing_resident_bytes" in r]
+    if resident:
+        lines += ["", "The data's own files in the page cache at the end (mincore): "
+                  + "; ".join(resident) + "."]
     lines.append("")
     return "\n".join(lines)
 

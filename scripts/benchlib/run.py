@@ -141,6 +141,22 @@ class BudgetMount(Mount):
         return out
 
 
+def resident_bytes(directory: Path) -> int:
+    """Bytes of the regular files under `directory` that are in the page cache
+    (mincore of a private mapping of each: nothing is faulted in)."""
+    import mmap
+
+    from zcachefs.slabs import resident_pages
+
+    total = 0
+    for path in sorted(directory.rglob("*")):
+        if not path.is_file() or path.is_symlink() or not path.stat().st_size:
+            continue
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY) as m:
+            total += sum(b & 1 for b in resident_pages(m)) * mmap.PAGESIZE
+    return total
+
+
 def stats_kind(name: str) -> str:
     """'counter' or 'gauge', from zcachefs's own table of counters."""
     from zcachefs import stats

@@ -25,6 +25,7 @@ from .run import (
     BudgetMount,
     drop_caches,
     read_stats,
+    resident_bytes,
     signals_blocked,
     stats_kind,
     warm_tools,
@@ -117,6 +118,8 @@ class Steps:
         if "error" in row:
             row["error"] += self._oom_note(b, oom0)
         self.probe_end(probe, cfg, b, daemon, row)
+        if w.name == "seq-cold":  # issue 11: the backing files stay out of the page cache
+            row["backing_resident_bytes"] = resident_bytes(self.setdir / "data")
         if profile:
             row["py_spy"] = profile
         return row

@@ -209,6 +209,33 @@ def test_app_ratios_and_table() -> None:
     assert "| lz4 | 250.0 | 2.50 | 20.0 | 50.0 |" in table
 
 
+def test_cold_pass_table_says_how_much_of_the_data_stayed_cached() -> None:
+    row = {"read_mbps": 50.0, "read_iops": 400.0, "disk_read_bytes": 1000 * 2**20}
+    rows = {"plain": {**row, "backing_resident_bytes": 800 * 2**20},
+            "lz4": {**row, "backing_resident_bytes": 2**20}}
+    table = report.workload_table("seq-cold", "t", "MB/s", rows, {"lz4": "zcachefs lz4"})
+    assert ("(mincore): plain 800 MiB (80.0% of the data read); zcachefs lz4 1 MiB "
+            "(0.1% of the data read).") in table
+    assert "mincore" not in report.workload_table("randread", "t", "IOPS", {"lz4": row}, {})
+
+
+def test_resident_bytes_counts_cached_pages(tmp_path: Path) -> None:
+    import os
+
+    from benchlib.run import resident_bytes
+
+    (tmp_path / "sub").mkdir()
+    f = tmp_path / "sub" / "f"
+    f.write_bytes(b"x" * (1 << 20))
+    (tmp_path / "empty").write_bytes(b"")
+    with open(f, "rb") as fh:
+        os.fsync(fh.fileno())
+        os.posix_fadvise(fh.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    assert resident_bytes(tmp_path) < 64 << 10
+    f.read_bytes()
+    assert resident_bytes(tmp_path) == 1 << 20
+
+
 def test_app_runner_answers_the_same_everywhere(tmp_path: Path) -> None:
     """The runner itself, on a small database and log directory (no budget)."""
     gen_data.write_lookup_db(tmp_path / "db", 1 << 20, seed=1)
