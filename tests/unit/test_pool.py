@@ -1276,3 +1276,39 @@ def test_compaction_keeps_a_discarded_page_a_miss() -> None:
         check_pool(pool)
     finally:
         pool.close()
+
+
+def _mark_until(pool: CompressedPool, stop: Any, errors: list[BaseException]) -> None:
+    try:
+        while not stop.is_set():
+            pool.mark_lazy_free()
+    except BaseException as exc:
+        errors.append(exc)
+
+
+@pytest.mark.parametrize("step", [1, 8, 64])
+def test_compaction_while_another_thread_marks_the_pool_lazy_free(step: int) -> None:
+    """Rule 6: the pressure watcher's thread may call mark_lazy_free at any moment, also
+    while the owner compacts (and unmaps) slabs. Nothing raises, every entry still
+    names its slot, and every page loads as stored (MADV_FREE pages stay while memory
+    is plentiful; a discarded one would be a miss, never other bytes)."""
+    import threading
+
+    pool = _holey_pool()
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    t = threading.Thread(target=_mark_until, args=(pool, stop, errors))
+    t.start()
+    try:
+        while pool.compact(step):
+            pass
+    finally:
+        stop.set()
+        t.join()
+    try:
+        assert not errors
+        assert pool.c.compacted_pages > 0 and pool.arena.lazy
+        check_pool(pool)
+        assert all(pool.load(1, i) == _expected(i) for i in range(2000))
+    finally:
+        pool.close()
