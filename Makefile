@@ -109,10 +109,12 @@ clean:
 # The seed replay (issue 5, BENCHMARKS.md): fio, iozone and real applications on a 1 GiB
 # memory budget and a 50 MB/s disk, plain directory vs. zcachefs; as root.
 # BENCH_ARGS passes options, e.g. BENCH_ARGS='--ram 2G --data /srv/mydata'.
-# bench-deps installs iozone3 (enabling Debian's non-free component for apt if needed).
+# bench-deps installs iozone3 (enabling Debian's non-free component for apt if needed)
+# and py-spy into the venv (for `scripts/bench --py-spy`).
 .PHONY: bench bench-quick bench-deps
-bench-deps:
+bench-deps: venv
 	WITH_IOZONE=1 scripts/install-deps
+	$(BIN)/pip install -q -e '.[test,profile]'
 
 bench: venv bench-deps
 	$(BIN)/python scripts/bench $(BENCH_ARGS)

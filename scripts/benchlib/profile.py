@@ -14,7 +14,7 @@ from typing import Any
 
 
 def py_spy() -> str | None:
-    """py-spy on PATH, or next to this Python (pip install py-spy into the venv)."""
+    """py-spy on PATH, or next to this Python (`make bench-deps` installs it there)."""
     return shutil.which("py-spy") or shutil.which("py-spy", path=str(Path(sys.executable).parent))
 
 
