@@ -351,6 +351,11 @@ class Cache:
         evicted = pool.shrink(n)
         return evicted, bool(pool.last_scanned)
 
+    @property
+    def pool_frees(self) -> int:
+        """Objects the pool's slabs have freed so far: compaction is due when it moves."""
+        return self.pool.arena.frees
+
     def compact_pool(self, n: int) -> bool:
         """One bounded step (about n entries moved) of giving back the pool's partly
         empty slabs; True if another step may help."""

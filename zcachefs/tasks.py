@@ -5,8 +5,7 @@ Role: each task has `async run()` (runs until cancelled or stopped) and `stop()`
 
 - `Compressor`: compresses the pages tier 1 evicted (in worker threads, in batches),
   keeps the pool in its limit, compacts it (at most once a second) and sweeps the file
-  states the kernel forgot. The adapter
-  calls `wake()` when pages wait for it.
+  states the kernel forgot. The adapter calls `wake()` when pages wait for it.
 - `HeapTrimmer`: gives malloc's free pages back to the OS while the cache is busy.
 - `SignalWatcher`: SIGTERM, SIGINT and SIGHUP stop the mount cleanly, from before the
   mount exists (`install`) until the unmount is done.
@@ -102,9 +101,9 @@ class Compressor(_Task):
             # Compaction is due once objects were freed since the last look (rewrites,
             # evictions, invalidations), at most once a COMPACT_INTERVAL.
             now = trio.current_time()
-            due = cache.pool.arena.frees != frees_seen
+            due = cache.pool_frees != frees_seen
             if due and now >= next_compact:
-                frees_seen = cache.pool.arena.frees
+                frees_seen = cache.pool_frees
                 next_compact = now + COMPACT_INTERVAL
                 due = False
                 while cache.compact_pool(COMPACT_BATCH):
