@@ -18,7 +18,7 @@ deps:
 # tests do; it is the venv's alone: `make install` ships only the zcachefs package.
 # pyfuse3 is built from its source release with our patch first (scripts/build-pyfuse3:
 # lets zcachefs turn off FUSE_CAP_AUTO_INVAL_DATA); the project's install keeps it.
-$(STAMP): pyproject.toml scripts/build-pyfuse3 third_party/pyfuse3/auto-inval-data.patch
+$(STAMP): pyproject.toml scripts/build-pyfuse3 third_party/pyfuse3/*.patch
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	scripts/build-pyfuse3 $(BIN)/python $(WHEELS)

@@ -107,10 +107,11 @@ def run(source: str, mountpoint: str, opts: MountOptions, foreground: bool,
             os.write(report_fd, message.encode())
             os._exit(1)
         raise MountError(message) from None
+    spin = poll_spin(ops, opts)
     log.info("mounted %s on %s (memlimit=%d cache_size=%d page_size=%d compressor=%s "
-             "threads=%d nofile=%d auto_inval_data=%s)", source, mountpoint, opts.memlimit,
-             opts.cache_size, opts.page_size, opts.compressor, opts.threads, nofile,
-             "on" if auto_inval else "off")
+             "threads=%d nofile=%d auto_inval_data=%s poll_spin=%d)", source, mountpoint,
+             opts.memlimit, opts.cache_size, opts.page_size, opts.compressor, opts.threads,
+             nofile, "on" if auto_inval else "off", spin)
     os.chdir("/")
 
     def ready() -> bool:
@@ -153,6 +154,26 @@ def auto_inval_data(ops: Operations, opts: MountOptions) -> bool:
                 "each write through the mount empties the kernel's cache of the file; "
                 "`make venv` or `make install` builds it", pyfuse3.__version__)
     return True
+
+
+def poll_spin(ops: Operations, opts: MountOptions) -> int:
+    """Turn on the request loop's poll spin (after pyfuse3.init); the microseconds in
+    force. Off on one CPU (the spin would take the time the caller needs to send its
+    next request) and with a stock pyfuse3 (only our build has set_poll_spin). A result
+    from a worker thread ends a spin at once (the thread pool's eventfd)."""
+    if not opts.poll_spin:
+        return 0
+    if not getattr(pyfuse3, "POLL_SPIN", False):
+        log.warning("poll_spin is off: this pyfuse3 (%s) is not zcachefs's build, so each "
+                    "request waits for trio to wake up (~30 us more per round trip); "
+                    "`make venv` or `make install` builds it", pyfuse3.__version__)
+        return 0
+    if len(os.sched_getaffinity(0)) < 2:
+        log.info("poll_spin is off: the daemon may run on one CPU only")
+        return 0
+    pyfuse3.set_poll_spin(opts.poll_spin, [ops.threads.wake_fd])
+    ops.cache.spin_counters = pyfuse3.poll_spin_stats
+    return opts.poll_spin
 
 
 async def _serve(ops: Operations, signals: SignalWatcher, ready: Callable[[], bool]

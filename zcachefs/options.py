@@ -61,6 +61,7 @@ class MountOptions:
     pressure_psi: int
     pressure_interval: float
     control: str
+    poll_spin: int
     threads: int
     attr_timeout: float
     entry_timeout: float

@@ -62,6 +62,12 @@ class ThreadPool:
         self._closed = False
 
     @property
+    def wake_fd(self) -> int:
+        """The eventfd a finished job signals (the request loop's spin watches it: a
+        result makes the loop give trio its pass at once)."""
+        return self._efd
+
+    @property
     def started(self) -> int:
         """Worker threads started so far (at most `size`)."""
         return len(self._threads)
