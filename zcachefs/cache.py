@@ -103,11 +103,8 @@ class Cache:
         self.poor: dict[int, set[int]] = {}  # fid -> pages that did not compress
         self.c = CacheCounters()
         self.files = Files(self.has_pages, self.poor)  # the FileStates, by identity
-        # Set by the adapter: how many inodes the kernel holds (the `inodes` gauge), and
-        # the request loop's poll-spin counters (spins, caught, ns) since mount.
+        # Set by the adapter: how many inodes the kernel holds (the `inodes` gauge).
         self.inodes_known: Callable[[], int] = lambda: 0
-        self.spin_counters: Callable[[], tuple[int, int, int]] = lambda: (0, 0, 0)
-        self._spin_base = (0, 0, 0)  # spin_counters() at the last reset_stats
 
     def statistics(self) -> MappingProxyType[str, float]:
         """Every name of stats.COUNTERS, read at one instant (no await in between); a
@@ -115,8 +112,6 @@ class Cache:
         pool, pc, cc = self.pool, self.pool.c, self.c
         used = pool.mem_used_total
         lookups = cc.cache_hits + cc.cache_misses
-        spins, caught, spin_ns = (now - base for now, base
-                                  in zip(self.spin_counters(), self._spin_base, strict=True))
         return MappingProxyType({
             "zero_pages": pool.zero_pages, "same_filled_pages": pool.same_filled_pages,
             "stored_pages": pool.stored_pages, "raw_pages": pool.raw_pages,
@@ -137,8 +132,6 @@ class Cache:
             "compacted_pages": pc.compacted_pages,
             "backing_reads": cc.backing_reads, "backing_read_bytes": cc.backing_read_bytes,
             "backing_fallbacks": cc.backing_fallbacks, "write_fills": cc.write_fills,
-            "poll_spins": spins, "poll_spin_caught": caught,
-            "poll_spin_us": spin_ns // 1000,
             "hit_ratio": round((cc.cache_hits + pc.succ_gets) / lookups, 4) if lookups else 0.0,
             "compression_ratio": round(pool.orig_data_size / used, 4) if used else 0.0,
         })
@@ -373,7 +366,6 @@ class Cache:
         """Zero the event counters, the pool's too (gauges are levels and stay)."""
         self.c = CacheCounters()
         self.pool.reset_counters()
-        self._spin_base = self.spin_counters()
 
     def activity(self) -> int:
         """A number that moves whenever the cache serves a lookup or stores a page

@@ -138,8 +138,8 @@ def run(source: str, mountpoint: str, opts: MountOptions, foreground: bool,
         notify.notify("STOPPING=1")
         pyfuse3.close(unmount=True)
         ops.close_all()
-        log.info("unmounted %s (peak backing calls in flight: %d)", mountpoint,
-                 ops.workers.peak_inflight)
+        log.info("unmounted %s (peak backing calls in flight: %d%s)", mountpoint,
+                 ops.workers.peak_inflight, spin_summary(spin))
     return 0
 
 
@@ -172,8 +172,17 @@ def poll_spin(ops: Operations, opts: MountOptions) -> int:
         log.info("poll_spin is off: the daemon may run on one CPU only")
         return 0
     pyfuse3.set_poll_spin(opts.poll_spin, [ops.threads.wake_fd])
-    ops.cache.spin_counters = pyfuse3.poll_spin_stats
     return opts.poll_spin
+
+
+def spin_summary(spin: int) -> str:
+    """What the poll spin did, for the unmount line ("" when it was off). Not a control
+    file counter: it moves with every request, reading the counters too."""
+    if not spin:
+        return ""
+    spins, caught, ns = pyfuse3.poll_spin_stats()
+    return (f"; poll spins: {spins}, {caught} found a request, "
+            f"{ns / 1e9:.3f} s spinning")
 
 
 async def _serve(ops: Operations, signals: SignalWatcher, ready: Callable[[], bool]

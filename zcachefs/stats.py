@@ -78,10 +78,6 @@ COUNTERS: dict[str, tuple[str, str]] = {
     "backing_fallbacks": ("counter", "backing reads that could not use RWF_DONTCACHE and "
                                      "dropped the range with fadvise(DONTNEED) instead"),
     "write_fills": ("counter", "pages cached from writes through the mount"),
-    "poll_spins": ("counter", "times the request loop polled for the next request "
-                              "instead of sleeping at once (poll_spin)"),
-    "poll_spin_caught": ("counter", "... and found one (no sleep, no wake-up)"),
-    "poll_spin_us": ("counter", "microseconds of CPU the request loop spent polling"),
     "hit_ratio": ("gauge", "(cache_hits + hits) / page lookups"),
     "compression_ratio": ("gauge", "orig_data_size / mem_used_total (effective, all costs)"),
 }

@@ -132,10 +132,8 @@ def set_by(how: str, m: Mount, name: str, value: str) -> None:
 
 
 def state(m: Mount) -> dict[str, str]:
-    """Everything the control surface shows (knobs and counters), as text; but not the
-    request loop's poll_spin counters, which move with every request, this one too."""
-    return {n: ctl(m, n).read_text() for n in Controls.names()
-            if not n.startswith(("stats", "poll_spin"))}
+    """Everything the control surface shows (knobs and counters), as text."""
+    return {n: ctl(m, n).read_text() for n in Controls.names() if not n.startswith("stats")}
 
 
 def metric(name: str) -> str:
