@@ -368,7 +368,7 @@ SETTINGS: tuple[Setting, ...] = (
             "name of the virtual control directory in the mount's root"),
     # 50 us: on the bench host the next request of a reader that is served from memory
     # comes 10-20 us after the reply; sleeping in trio and waking for it cost ~30 us of
-    # every round trip (ramfs.py: 19.9k IOPS without, 47.4k with a 20-50 us spin).
+    # every round trip (ramfs.py: 18.6-19.8k IOPS without, 44.7-44.8k with; BENCHMARKS.md).
     Setting("poll_spin", parse_int_range(0, 10000), 50,
             "microseconds the request loop polls for the next request before it sleeps, "
             "when requests have been coming that fast (0: off; needs zcachefs's pyfuse3 "
